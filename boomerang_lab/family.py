@@ -1,0 +1,203 @@
+"""The family of interpolated models between a student and its teacher, built without copying any weights."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+from torch import nn
+from transformers import PreTrainedModel
+
+from .adapters import get_adapter, layers_of, set_num_layers
+from .atomic import atomic_dir
+from .orders import Order
+from .plan import LayerPlan
+
+OrderLike = str | Order | Sequence[int | Sequence[int]]
+
+
+class Family:
+    """Every size between `student` (k=0) and `teacher` (k=K); members share the two models' modules."""
+
+    def __init__(self, teacher: PreTrainedModel, student: PreTrainedModel, plan: LayerPlan):
+        self.adapter = get_adapter(teacher)
+        if get_adapter(student) != self.adapter or type(student) is not type(teacher):
+            raise ValueError(f"Teacher ({type(teacher).__name__}) and student ({type(student).__name__}) "
+                             f"must be the same architecture to interpolate.")
+        width_t, width_s = teacher.config.hidden_size, student.config.hidden_size
+        if width_t != width_s:
+            raise ValueError(f"Interpolation needs matching widths: teacher hidden size {width_t}, student {width_s}.")
+        plan.check_fits(len(layers_of(teacher)), len(layers_of(student)))
+        self.teacher, self.student, self.plan = teacher, student, plan
+        self._orders: dict[str, Order] = {}
+        self._members: dict[tuple, PreTrainedModel] = {}
+        for model in (teacher, student):
+            _install_output_hooks(model.get_submodule(self.adapter.layers.rpartition(".")[0]))
+
+    # --- orders --------------------------------------------------------------------------------------------------
+    def order(self, order: OrderLike = "last") -> Order:
+        """Resolve a name, an Order, or an explicit list of student layers into an Order."""
+        if isinstance(order, Order):
+            return order
+        if isinstance(order, str):
+            if order not in self._orders:
+                builders = {"last": Order.last, "first": Order.first}
+                if order not in builders:
+                    raise ValueError(f"Unknown order {order!r}; use one of {sorted(builders)}, an Order, "
+                                     f"or a list of student layer indices.")
+                self._orders[order] = builders[order](self.plan)
+            return self._orders[order]
+        return Order.explicit(order, self.plan)
+
+    @property
+    def K(self) -> int:
+        """The largest size index: k=K is the teacher (for the built-in orders)."""
+        return len(self.plan.multi_layer)
+
+    # --- members -------------------------------------------------------------------------------------------------
+    def build(self, k: int | None = None, order: OrderLike = "last") -> PreTrainedModel:
+        """The size-k member: a normal transformers model sharing the teacher's and student's modules."""
+        resolved = self.order(order)
+        if k is None:
+            if isinstance(order, str):
+                raise ValueError("k is required for named orders (0..K).")
+            k = resolved.num_sizes
+        patched = resolved.patched(k)
+        key = tuple(sorted(patched))
+        if key not in self._members:
+            self._members[key] = self._assemble(patched)
+        member = self._members[key]
+        member.boomerang = {"k": k, "order": resolved.name, "patched": list(key)}
+        return member
+
+    def _assemble(self, patched: frozenset[int]) -> PreTrainedModel:
+        t, s, a, plan = self.teacher, self.student, self.adapter, self.plan
+        t_layers, s_layers = layers_of(t), layers_of(s)
+        layers, types = [], []
+        t_types = getattr(t.config, "layer_types", None)
+        s_types = getattr(s.config, "layer_types", None)
+        for j in range(plan.num_student_layers):
+            if j in patched:
+                layers += [t_layers[i] for i in plan.block(j)]
+                types += [t_types[i] for i in plan.block(j)] if t_types else []
+            else:
+                layers.append(s_layers[j])
+                types += [s_types[j]] if s_types else []
+        embed_src = t if 0 in patched else s
+        head_src = t if plan.num_student_layers - 1 in patched else s
+        parts = {a.layers: nn.ModuleList(layers), a.final_norm: head_src.get_submodule(a.final_norm),
+                 a.head: head_src.get_submodule(a.head)}
+        parts.update({p: embed_src.get_submodule(p) for p in a.embeddings})
+
+        config = copy.deepcopy(t.config)
+        set_num_layers(config, types or None, len(layers))
+        head, embed = parts[a.head], parts[a.embeddings[0]]
+        config.tie_word_embeddings = head.weight is embed.weight
+        member = _graft(t, parts, config)
+        member.generation_config = copy.deepcopy(t.generation_config)
+        _LayerIndexer(layers).attach(member)
+        return member
+
+    # --- the table -----------------------------------------------------------------------------------------------
+    def sizes(self, order: OrderLike = "last") -> pd.DataFrame:
+        """One row per size: layers, parameters (each shared or tied tensor once) and bytes at the model's dtype."""
+        resolved = self.order(order)
+        rows = []
+        for k in range(resolved.num_sizes + 1):
+            member = self.build(k, resolved)
+            params = list(member.parameters())
+            rows.append({"k": k, "order": resolved.name, "layers": len(layers_of(member)),
+                         "params": sum(p.numel() for p in params),
+                         "bytes": sum(p.numel() * p.element_size() for p in params),
+                         "patched": member.boomerang["patched"]})
+        return pd.DataFrame(rows)
+
+    def for_budget(self, max_params: int | None = None, max_bytes: int | None = None,
+                   order: OrderLike = "last") -> PreTrainedModel:
+        """The largest member (by parameters) within the given budget."""
+        if max_params is None and max_bytes is None:
+            raise ValueError("Give max_params and/or max_bytes.")
+        table = self.sizes(order)
+        fits = table[(table.params <= (max_params or float("inf"))) & (table.bytes <= (max_bytes or float("inf")))]
+        if fits.empty:
+            smallest = table.loc[table.params.idxmin()]
+            raise ValueError(f"No member fits max_params={max_params}, max_bytes={max_bytes}; the smallest has "
+                             f"{smallest.params:,} parameters and {smallest.bytes:,} bytes.")
+        return self.build(int(fits.loc[fits.params.idxmax(), "k"]), order)
+
+    def export(self, k: int, path: str | Path, order: OrderLike = "last", tokenizer=None) -> Path:
+        """A standalone Hugging Face model directory for member k (written atomically)."""
+        member = self.build(k, order)
+        path = Path(path)
+        with atomic_dir(path) as tmp:
+            member.save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            info = {**member.boomerang, "plan": self.plan.to_dict()}
+            (tmp / "boomerang_member.json").write_text(json.dumps(info, indent=2) + "\n")
+        return path
+
+
+def _shallow_copy(module: nn.Module) -> nn.Module:
+    """A new module object whose attributes (submodules, parameters, hooks) are fresh containers of the same items."""
+    new = module.__class__.__new__(module.__class__)
+    new.__dict__ = {k: (v.copy() if isinstance(v, (dict, list, set)) else v) for k, v in module.__dict__.items()}
+    return new
+
+
+def _graft(base: nn.Module, parts: dict[str, nn.Module], config) -> nn.Module:
+    """A shallow copy of `base` with the submodules at `parts`' dotted paths replaced; all weights stay shared."""
+    clones = {"": _shallow_copy(base)}
+
+    def clone(path: str) -> nn.Module:
+        if path not in clones:
+            parent_path, _, name = path.rpartition(".")
+            parent = clone(parent_path)
+            clones[path] = _shallow_copy(getattr(parent, name))
+            setattr(parent, name, clones[path])
+        return clones[path]
+
+    for path, module in parts.items():
+        parent_path, _, name = path.rpartition(".")
+        setattr(clone(parent_path), name, module)
+    for module in clones.values():
+        if hasattr(module, "config"):
+            module.config = config
+    return clones[""]
+
+
+class _LayerIndexer:
+    """Gives each attention module its position in the member while the member runs, then restores it.
+
+    Layers are shared with the teacher and student, whose KV caches index by `layer_idx`; rewriting it for good
+    would break them, so the member sets it on entry and puts the old values back on exit (not thread-safe).
+    """
+
+    def __init__(self, layers: list[nn.Module]):
+        self.slots = [(m, pos) for pos, layer in enumerate(layers) for m in layer.modules() if hasattr(m, "layer_idx")]
+        self.saved: list[list[int]] = []
+
+    def attach(self, model: nn.Module) -> None:
+        model.register_forward_pre_hook(self.enter)
+        model.register_forward_hook(self.exit, always_call=True)
+
+    def enter(self, *_):
+        self.saved.append([m.layer_idx for m, _ in self.slots])
+        for m, pos in self.slots:
+            m.layer_idx = pos
+
+    def exit(self, *_):
+        for (m, _), idx in zip(self.slots, self.saved.pop()):
+            m.layer_idx = idx
+
+
+def _install_output_hooks(backbone: nn.Module) -> None:
+    """Install transformers' hidden-state capture hooks on a backbone now (once), so that members sharing its
+    layers inherit them instead of installing twins that would double the teacher's hidden states."""
+    try:
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+    except ImportError:  # transformers without hook-based output capture
+        return
+    maybe_install_capturing_hooks(backbone)

