@@ -25,18 +25,27 @@ def init_student(teacher: PreTrainedModel, plan: LayerPlan, random_init: bool = 
     """The teacher with only the kept layers, copied (the student trains independently), or random weights."""
     adapter = get_adapter(teacher)
     config = student_config(teacher, plan)
-    dtype = next(teacher.parameters()).dtype
-    torch.manual_seed(seed)
-    student = type(teacher)(config).to(dtype=dtype, device=next(teacher.parameters()).device)
-    if not random_init:
-        position = {t: s for s, t in enumerate(plan.kept)}
-        pattern = re.compile(rf"^{re.escape(adapter.layers)}\.(\d+)\.")
-        state = {}
-        for key, value in teacher.state_dict().items():
-            match = pattern.match(key)
-            if match is None:
-                state[key] = value
-            elif int(match.group(1)) in position:
-                state[pattern.sub(f"{adapter.layers}.{position[int(match.group(1))]}.", key)] = value
-        student.load_state_dict(state)
+    reference = next(teacher.parameters())
+    if random_init:
+        torch.manual_seed(seed)
+        return type(teacher)(config).to(dtype=reference.dtype, device=reference.device).eval()
+    with torch.device("meta"):
+        student = type(teacher)(config)
+    position = {t: s for s, t in enumerate(plan.kept)}
+    pattern = re.compile(rf"^{re.escape(adapter.layers)}\.(\d+)\.")
+    state = {}
+    for key, value in teacher.state_dict().items():
+        match = pattern.match(key)
+        if match is None:
+            state[key] = value.clone()
+        elif int(match.group(1)) in position:
+            state[pattern.sub(f"{adapter.layers}.{position[int(match.group(1))]}.", key)] = value.clone()
+    student.load_state_dict(state, assign=True)
+    student.tie_weights()
+    for name, buffer in list(student.named_buffers()):  # non-persistent buffers (rotary inv_freq, ...) are not saved
+        if buffer.is_meta:
+            match = pattern.match(name)
+            source = pattern.sub(f"{adapter.layers}.{plan.kept[int(match.group(1))]}.", name) if match else name
+            parent, _, leaf = name.rpartition(".")
+            student.get_submodule(parent)._buffers[leaf] = teacher.get_buffer(source).clone()
     return student.eval()

@@ -237,3 +237,24 @@ def test_explicit_order_errors():
         family.build(1, [1, 1])
     with pytest.raises(ValueError, match="distinct student layers"):
         family.build(1, [9])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_init_student_is_an_independent_copy_of_the_kept_layers(arch):
+    teacher = tiny_model(arch, LAYERS)
+    plan = LayerPlan.paper(LAYERS)
+    student = init_student(teacher, plan)
+    assert not any(t.is_meta for t in [*student.parameters(), *student.buffers()])
+    t_layers, s_layers = layers_of(teacher), layers_of(student)
+    for j, i in enumerate(plan.kept):
+        for (name, a), b in zip(s_layers[j].state_dict().items(), t_layers[i].state_dict().values()):
+            assert torch.equal(a, b) and a.data_ptr() != b.data_ptr(), name
+    head, embed = student.get_output_embeddings().weight, student.get_input_embeddings().weight
+    assert (head is embed) == (teacher.get_output_embeddings().weight is teacher.get_input_embeddings().weight)
+    # The teacher-initialised student equals the teacher with the cut layers dropped.
+    x = tokens()
+    with torch.no_grad():
+        assert torch.equal(student(x).logits, by_hand(Family(teacher, student, plan), set())(x).logits)
+    random = init_student(teacher, plan, random_init=True)
+    assert [p.shape for p in random.parameters()] == [p.shape for p in student.parameters()]
+    assert not torch.equal(next(random.parameters()), next(student.parameters()))
