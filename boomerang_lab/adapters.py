@@ -12,7 +12,7 @@ class Adapter:
 
     layers: str
     embeddings: tuple[str, ...]
-    final_norm: str
+    final_norm: str | None  # None for post-LN models (BERT), whose layers end in their own norm
     head: str
 
 
@@ -25,7 +25,9 @@ ADAPTERS: dict[str, Adapter] = {
     "qwen3": _DECODER,
     "gpt_neox": Adapter("gpt_neox.layers", ("gpt_neox.embed_in",), "gpt_neox.final_layer_norm", "lm_head"),
     "gpt2": Adapter("transformer.h", ("transformer.wte", "transformer.wpe"), "transformer.ln_f", "lm_head"),
+    "bert": Adapter("bert.encoder.layer", ("bert.embeddings",), None, "cls"),
 }
+"""A DistilBERT student joins a BERT teacher's family through bridges.py, which shows it in BERT's layout."""
 
 
 def get_adapter(model: nn.Module) -> Adapter:
@@ -38,13 +40,13 @@ def get_adapter(model: nn.Module) -> Adapter:
             f"Unsupported architecture {model_type!r} ({type(model).__name__}); "
             f"supported model types: {', '.join(sorted(ADAPTERS))}."
         )
-    for path in (adapter.layers, *adapter.embeddings, adapter.final_norm, adapter.head):
+    for path in filter(None, (adapter.layers, *adapter.embeddings, adapter.final_norm, adapter.head)):
         try:
             model.get_submodule(path)
         except AttributeError:
             raise ValueError(
                 f"{type(model).__name__} has no submodule {path!r}: boomerang_lab needs the task model "
-                f"(e.g. *ForCausalLM), not the bare backbone."
+                f"(e.g. *ForCausalLM, BertForMaskedLM), not the bare backbone."
             ) from None
     if getattr(config, "scale_attn_by_inverse_layer_idx", False):
         raise ValueError("GPT-2 models with scale_attn_by_inverse_layer_idx=True tie weights to a layer's position; "

@@ -22,6 +22,84 @@ def cmd_sizes(args: argparse.Namespace) -> None:
     print(table.to_string(index=False))
 
 
+def cmd_distill(args: argparse.Namespace) -> None:
+    """Distil a student from the teacher with a profile's recipe (rerun the same command to resume)."""
+    from dataclasses import replace
+
+    from .adapters import layers_of
+    from .distill import distill, profile
+    from .models import load_model
+    from .plan import LayerPlan
+    from .student import init_student
+    from .text_data import packed_blocks
+
+    chosen = {"max_steps": args.max_steps, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
+              "seq_len": args.seq_len, "lr": args.lr, "seed": args.seed, "bf16": args.bf16, "teacher": args.teacher}
+    config = profile(args.profile, output_dir=args.out or f"runs/{args.profile}/student",
+                     student_init=args.student_init, freeze_embeddings=args.freeze_embeddings,
+                     use_cpu=args.cpu, **{k: v for k, v in chosen.items() if v is not None})
+    weights = {"ce_weight": 0.0 if args.no_ce else None, "temperature": args.temperature,
+               "kl_weight": 0.0 if args.no_kl else args.kl_weight, "cos_weight": 0.0 if args.no_cos else args.cos_weight}
+    config = replace(config, loss=replace(config.loss, **{k: v for k, v in weights.items() if v is not None}))
+    teacher, tokenizer = load_model(config.teacher)
+    plan = LayerPlan.paper(len(layers_of(teacher)), keep_first=args.keep_first, keep_last=args.keep_last,
+                           every=args.every)
+    student = init_student(teacher, plan, random_init=config.student_init == "random", seed=config.seed)
+    data = packed_blocks(tokenizer, args.data, config.seq_len, name=args.data_config, split=args.split,
+                         text_field=args.text_field)
+    print(f"teacher {config.teacher}: {plan}; {config.max_steps} steps of {config.batch_size}x{config.seq_len} tokens")
+    out = distill(teacher, student, plan, data, config, tokenizer)
+    print(f"Student written to {out}")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    """Execute the notebooks 01→04 and 06 with papermill for a profile, into an output folder."""
+    from .pipeline import PipelineError, run
+
+    options = {k: v for k, v in vars(args).items() if k in ("out", "teacher", "student", "tasks", "limit", "orders",
+                                                           "results", "figures") and v is not None}
+    if args.no_random_init:
+        options["random_init"] = False
+    try:
+        out = run(args.profile, **options)
+    except PipelineError as err:
+        sys.exit(f"boomerang run: {err}")
+    print(f"Executed notebooks in {out}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Sweep methods x orders x sizes x tasks of one family into the results table (rerun to resume)."""
+    from pathlib import Path
+
+    from .adapters import layers_of
+    from .evaluate import SweepConfig, sweep
+    from .models import load_model, load_student
+    from .pipeline import TEACHERS
+    from .plan import LayerPlan
+
+    teacher_name = args.teacher or TEACHERS[args.profile]
+    teacher, tokenizer = load_model(teacher_name, dtype=args.dtype)
+    if args.student:
+        student, _, plan = load_student(args.student, dtype=args.dtype)
+    else:
+        student = None  # the teacher-initialised student, shared with the teacher (no copy)
+        plan = LayerPlan.paper(len(layers_of(teacher)), keep_first=args.keep_first, keep_last=args.keep_last,
+                               every=args.every)
+    random_student = load_model(args.random_student, dtype=args.dtype)[0] if args.random_student else None
+    distilled = {Path(d).name: load_model(d, dtype=args.dtype)[0] for d in args.distilled or []}
+    config = SweepConfig(profile=args.profile, tasks=args.tasks, limit=args.limit, methods=args.methods,
+                         orders=args.orders, ks=args.ks, batch_size=args.batch_size,
+                         results=args.results or f"results/{args.profile}.csv")
+    sweep(teacher, tokenizer, student, plan, config, random_student=random_student, distilled=distilled or None,
+          teacher_name=teacher_name, student_name=args.student, random_name=args.random_student)
+
+
+def _limit(text: str) -> int | float:
+    """An example count per task (100) or a fraction of each task (0.1)."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="boomerang", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -34,6 +112,71 @@ def build_parser() -> argparse.ArgumentParser:
     sizes.add_argument("--keep-last", type=int, default=2)
     sizes.add_argument("--every", type=int, default=2)
     sizes.set_defaults(func=cmd_sizes)
+
+    dist = sub.add_parser("distill", help="distil a student from the teacher (CE + KL + cosine alignment)")
+    dist.add_argument("--profile", choices=("smoke", "quick", "paper"), default="quick",
+                      help="smoke: seconds on a tiny random model; quick: SmolLM2-135M on a CPU; paper: a GPU")
+    dist.add_argument("--teacher", help="hub id, local path, or smollm2-135m (default: the profile's)")
+    dist.add_argument("--out", help="the student directory to write (default runs/<profile>/student)")
+    dist.add_argument("--student-init", choices=("teacher", "random"), default="teacher",
+                      help="keep the teacher's layers (paper) or start from random weights (ablation)")
+    dist.add_argument("--keep-first", type=int, default=1)
+    dist.add_argument("--keep-last", type=int, default=2)
+    dist.add_argument("--every", type=int, default=2)
+    dist.add_argument("--freeze-embeddings", action="store_true", help="freeze the embeddings and LM head")
+    dist.add_argument("--data", nargs="+", help="text files/folders or a hub dataset id (default: the data/ corpus)")
+    dist.add_argument("--data-config", help="hub dataset configuration name")
+    dist.add_argument("--split", default="train", help="hub dataset split (never an evaluation split)")
+    dist.add_argument("--text-field", default="text", help="hub dataset text column")
+    for flag, kind in (("--max-steps", int), ("--batch-size", int), ("--grad-accum", int), ("--seq-len", int),
+                       ("--lr", float), ("--seed", int), ("--kl-weight", float), ("--cos-weight", float),
+                       ("--temperature", float)):
+        dist.add_argument(flag, type=kind, help="(default: the profile's)")
+    for term in ("ce", "kl", "cos"):
+        dist.add_argument(f"--no-{term}", action="store_true", help=f"switch the {term} term off")
+    dist.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bf16 autocast (default: the profile's)")
+    dist.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
+    dist.set_defaults(func=cmd_distill)
+
+    run = sub.add_parser("run", help="run the whole study (notebooks 01-04, 06) with papermill")
+    run.add_argument("--profile", choices=("smoke", "quick", "paper"), default="quick",
+                     help="smoke: seconds on a tiny random model; quick: SmolLM2-135M on a CPU; paper: a GPU")
+    run.add_argument("--out", help="folder for the executed notebooks and students (default outputs/<profile>)")
+    run.add_argument("--teacher", help="hub id, local path, or smollm2-135m (default: the profile's)")
+    run.add_argument("--student", help="the distilled student's directory (default <out>/student)")
+    run.add_argument("--tasks", nargs="+", help="evaluation tasks (default: the profile's)")
+    run.add_argument("--limit", type=_limit, help="examples per task, or a fraction (default: the profile's)")
+    run.add_argument("--orders", nargs="+", help="patch orders to evaluate: last, first, klpatch, optimal (default last)")
+    run.add_argument("--no-random-init", action="store_true",
+                     help="skip distilling the random-init student (and its baseline)")
+    run.add_argument("--results", help="results table (default results/<profile>.csv)")
+    run.add_argument("--figures", help="figures folder (default figures/ for quick)")
+    run.set_defaults(func=cmd_run)
+
+    ev = sub.add_parser("evaluate", help="evaluate every size of the family and the baselines into one table")
+    ev.add_argument("--profile", choices=("smoke", "quick", "paper"), default="quick",
+                    help="tasks and limit: smoke (seconds), quick (CPU default), paper (all tasks, no limit)")
+    ev.add_argument("--teacher", help="hub id, local path, or smollm2-135m (default: the profile's)")
+    ev.add_argument("--dtype", default="float32")
+    who = ev.add_mutually_exclusive_group()
+    who.add_argument("--student", help="the distilled student's directory (with its boomerang_plan.json)")
+    who.add_argument("--student-init", choices=("teacher",), default="teacher",
+                     help="no --student: the undistilled teacher-initialised student (paper plan below)")
+    ev.add_argument("--keep-first", type=int, default=1)
+    ev.add_argument("--keep-last", type=int, default=2)
+    ev.add_argument("--every", type=int, default=2)
+    ev.add_argument("--methods", nargs="+", default=["boomerang"],
+                    help="boomerang naive shortgpt random_init distilled (default boomerang)")
+    ev.add_argument("--orders", nargs="+", default=["last"], help="patch orders, e.g. last first klpatch optimal")
+    ev.add_argument("--ks", nargs="+", type=int, help="sizes to evaluate (default all)")
+    ev.add_argument("--tasks", nargs="+",
+                    help="wikitext_ppl, *_local tasks (offline) or stock lm-eval names (default: the profile's)")
+    ev.add_argument("--limit", type=_limit, help="examples per lm-eval task, or a fraction (default: the profile's)")
+    ev.add_argument("--random-student", help="a student distilled from random init (method random_init)")
+    ev.add_argument("--distilled", nargs="+", help="standard-distillation student directories (method distilled)")
+    ev.add_argument("--batch-size", type=int, default=1, help="lm-eval batch size")
+    ev.add_argument("--results", help="results table, .csv or .parquet (default results/<profile>.csv)")
+    ev.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
 from torch import nn
@@ -12,17 +12,25 @@ from transformers import PreTrainedModel
 
 from .adapters import get_adapter, layers_of, set_num_layers
 from .atomic import atomic_dir
+from .bridges import as_teacher_class
 from .orders import Order
 from .plan import LayerPlan
 
 OrderLike = str | Order | Sequence[int | Sequence[int]]
+ORDERS: dict[str, Callable[["Family"], Order]] = {"last": lambda f: Order.last(f.plan),
+                                              "first": lambda f: Order.first(f.plan)}
+"""Named orders: name -> builder(family). patch_search registers "klpatch" and "optimal"."""
 
 
 class Family:
-    """Every size between `student` (k=0) and `teacher` (k=K); members share the two models' modules."""
+    """Every size between `student` (k=0) and `teacher` (k=K); members share the two models' modules.
+
+    A student of another class with a known bridge (DistilBERT under BERT) is kept as its view in the teacher's class.
+    """
 
     def __init__(self, teacher: PreTrainedModel, student: PreTrainedModel, plan: LayerPlan):
         self.adapter = get_adapter(teacher)
+        student = as_teacher_class(teacher, student)
         if get_adapter(student) != self.adapter or type(student) is not type(teacher):
             raise ValueError(f"Teacher ({type(teacher).__name__}) and student ({type(student).__name__}) "
                              f"must be the same architecture to interpolate.")
@@ -34,7 +42,7 @@ class Family:
         self._orders: dict[str, Order] = {}
         self._members: dict[tuple, PreTrainedModel] = {}
         for model in (teacher, student):
-            _install_output_hooks(model.get_submodule(self.adapter.layers.rpartition(".")[0]))
+            _install_output_hooks(model.base_model)
 
     # --- orders --------------------------------------------------------------------------------------------------
     def order(self, order: OrderLike = "last") -> Order:
@@ -43,11 +51,10 @@ class Family:
             return order
         if isinstance(order, str):
             if order not in self._orders:
-                builders = {"last": Order.last, "first": Order.first}
-                if order not in builders:
-                    raise ValueError(f"Unknown order {order!r}; use one of {sorted(builders)}, an Order, "
+                if order not in ORDERS:
+                    raise ValueError(f"Unknown order {order!r}; use one of {sorted(ORDERS)}, an Order, "
                                      f"or a list of student layer indices.")
-                self._orders[order] = builders[order](self.plan)
+                self._orders[order] = ORDERS[order](self)
             return self._orders[order]
         return Order.explicit(order, self.plan)
 
@@ -87,16 +94,17 @@ class Family:
                 types += [s_types[j]] if s_types else []
         embed_src = t if 0 in patched else s
         head_src = t if plan.num_student_layers - 1 in patched else s
-        parts = {a.layers: nn.ModuleList(layers), a.final_norm: head_src.get_submodule(a.final_norm),
-                 a.head: head_src.get_submodule(a.head)}
+        parts = {a.layers: nn.ModuleList(layers), a.head: head_src.get_submodule(a.head)}
+        if a.final_norm is not None:
+            parts[a.final_norm] = head_src.get_submodule(a.final_norm)
         parts.update({p: embed_src.get_submodule(p) for p in a.embeddings})
 
         config = copy.deepcopy(t.config)
         set_num_layers(config, types or None, len(layers))
-        head, embed = parts[a.head], parts[a.embeddings[0]]
-        config.tie_word_embeddings = head.weight is embed.weight
         member = _graft(t, parts, config)
-        member.generation_config = copy.deepcopy(t.generation_config)
+        config.tie_word_embeddings = member.get_output_embeddings().weight is member.get_input_embeddings().weight
+        if hasattr(t, "generation_config"):  # masked LMs have none
+            member.generation_config = copy.deepcopy(t.generation_config)
         _LayerIndexer(layers).attach(member)
         return member
 

@@ -1,0 +1,224 @@
+"""Evaluate methods x sizes x tasks from one load of teacher and student into one resumable tidy table."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import numbers
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..adapters import layers_of
+from ..atomic import atomic_path
+from ..family import Family
+from ..plan import LayerPlan
+from ..patch_search import calibration_set
+from .baselines import block_influence, naive_pruning, shortgpt, teacher_view
+from .lm_eval import evaluate_lm
+from .perplexity import PerplexityConfig, perplexity
+from .profiles import EVAL_PROFILES, PPL_TASK
+from .tasks import LOCAL_TASKS
+
+COLUMNS = ["teacher", "student", "method", "order", "k", "layers", "params", "task", "metric", "value", "stderr",
+           "limit", "timestamp"]
+KEY = ["teacher", "student", "method", "order", "k", "task", "limit"]
+"""A (candidate, task) evaluation already in the table under this key is skipped on a rerun."""
+METHODS = ("boomerang", "naive", "shortgpt", "random_init", "distilled")
+_TEXT = {c: str for c in ("teacher", "student", "method", "order", "task", "metric", "timestamp")}
+
+
+@dataclass
+class SweepConfig:
+    """What to evaluate. tasks, limit and ppl default to the profile's (see EVAL_PROFILES)."""
+
+    profile: str = "quick"
+    tasks: Sequence[str] | None = None  # "wikitext_ppl", lm-eval tasks (`*_local`, the tag boomerang_local, stock)
+    limit: int | float | None = None  # examples per lm-eval task; a float < 1 is a fraction
+    ppl: PerplexityConfig | None = None
+    methods: Sequence[str] = ("boomerang",)
+    orders: Sequence[str] = ("last",)
+    ks: Sequence[int] | None = None  # sizes to evaluate (default all 0..K)
+    results: str | Path = "results/sweep.csv"  # .csv or .parquet; appended to
+    batch_size: int = 1  # lm-eval batch size
+    calibration: tuple[int, int] = (16, 256)  # ShortGPT calibration: samples x tokens from the training corpus
+    progress: bool = True
+
+    def resolved(self) -> "SweepConfig":
+        if self.profile not in EVAL_PROFILES:
+            raise ValueError(f"Unknown profile {self.profile!r}; use one of {', '.join(EVAL_PROFILES)}.")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise ValueError(f"Unknown method(s) {bad}; use {', '.join(METHODS)}.")
+        profile = EVAL_PROFILES[self.profile]
+        tasks = [t for name in self.tasks or profile.tasks for t in (LOCAL_TASKS if name == "boomerang_local" else [name])]
+        return dataclasses.replace(self, tasks=tuple(tasks),
+                                   limit=profile.limit if self.limit is None else self.limit,
+                                   ppl=self.ppl or profile.ppl, results=Path(self.results))
+
+
+@dataclass
+class Candidate:
+    """One model of the sweep, built on demand (all zero-copy views of the loaded models)."""
+
+    method: str
+    student: str
+    order: str
+    k: int | None
+    build: Callable[[], PreTrainedModel] = field(repr=False)
+
+
+def sweep(teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, student: PreTrainedModel | None = None,
+          plan: LayerPlan | None = None, config: SweepConfig | None = None, *,
+          random_student: PreTrainedModel | None = None, distilled: Mapping[str | int, PreTrainedModel] | None = None,
+          teacher_name: str | None = None, student_name: str | None = None, random_name: str | None = None,
+          **overrides) -> pd.DataFrame:
+    """Evaluate every method x order x size x task, appending rows to `config.results`; returns this sweep's rows.
+
+    `student`: the distilled student (default: the undistilled teacher-initialised one, `plan.kept` of the teacher,
+    shared rather than copied). `random_student`: a student distilled from random init (method "random_init").
+    `distilled`: standard-distillation students {name or layer count: model} (method "distilled").
+    `overrides` are SweepConfig fields, e.g. sweep(t, tok, s, plan, methods=("boomerang", "naive"), limit=50).
+    """
+    cfg = dataclasses.replace(config or SweepConfig(), **overrides).resolved()
+    for given, method in ((random_student, "random_init"), (distilled, "distilled")):
+        if given is not None and method not in cfg.methods:
+            raise ValueError(f"A {method} model was given but {method!r} is not among methods {list(cfg.methods)}.")
+    plan = plan or LayerPlan.paper(len(layers_of(teacher)))
+    if student is None:
+        student, student_name = teacher_view(teacher, plan.kept), student_name or "teacher-init"
+    names = {"teacher": teacher_name or _name(teacher), "student": student_name or _name(student)}
+    candidates = _candidates(Family(teacher, student, plan), tokenizer, cfg, names["student"], random_student,
+                             random_name, distilled)
+    table = read_results(cfg.results)
+    done = set(map(_key, table[KEY].itertuples(index=False)))
+    wanted = {_key(_row_key(names["teacher"], c, task, cfg)): (c, task) for c in candidates for task in cfg.tasks}
+    todo = [item for key, item in wanted.items() if key not in done]
+    cache: dict[tuple, pd.DataFrame] = {}  # identical models (e.g. k=K and the teacher) are evaluated once
+    for cand, task in tqdm(todo, desc="sweep", disable=not cfg.progress):
+        model = cand.build()
+        params = list(model.parameters())
+        fingerprint = (type(model), tuple(id(p) for p in params), task)
+        if fingerprint not in cache:
+            cache[fingerprint] = _evaluate(model, tokenizer, task, cfg)
+        rows = cache[fingerprint].assign(
+            teacher=names["teacher"], student=cand.student, method=cand.method, order=cand.order, k=cand.k,
+            layers=len(layers_of(model)), params=sum(p.numel() for p in params), task=task,
+            limit=_limit(task, cfg), timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        table = pd.concat([table, rows[COLUMNS]], ignore_index=True) if len(table) else rows[COLUMNS]
+        write_results(table, cfg.results)
+    mine = table[[_key(k) in wanted for k in table[KEY].itertuples(index=False)]].reset_index(drop=True)
+    if cfg.progress:
+        print(f"{len(todo)} evaluations run, {len(wanted) - len(todo)} found in {cfg.results}")
+        if len(mine):
+            print(summary(mine).to_string())
+    return mine
+
+
+def _candidates(family: Family, tokenizer, cfg: SweepConfig, student_name: str,
+                random_student: PreTrainedModel | None, random_name: str | None,
+                distilled: Mapping[str | int, PreTrainedModel] | None) -> list[Candidate]:
+    ks = list(cfg.ks) if cfg.ks is not None else list(range(family.K + 1))
+    bad = [k for k in ks if not 0 <= k <= family.K]
+    if bad:
+        raise ValueError(f"ks {bad} out of range: this family has sizes k=0..{family.K}.")
+    out = []
+    for method in cfg.methods:
+        if method == "boomerang":
+            out += [Candidate(method, student_name, o, k, lambda o=o, k=k: family.build(k, o))
+                    for o in cfg.orders for k in ks]
+        elif method == "naive":
+            out += [Candidate(method, student_name, o, k, lambda o=o, k=k: naive_pruning(family, k, o))
+                    for o in cfg.orders for k in ks]
+        elif method == "random_init":
+            if random_student is None:
+                raise ValueError("Method 'random_init' needs random_student: a student distilled from random init.")
+            rand = Family(family.teacher, random_student, family.plan)
+            out += [Candidate(method, random_name or _name(random_student), o, k, lambda o=o, k=k: rand.build(k, o))
+                    for o in cfg.orders for k in ks]
+        elif method == "shortgpt":
+            @functools.cache
+            def influence():
+                return block_influence(family.teacher, calibration_set(tokenizer, *cfg.calibration))
+
+            sizes = family.sizes(cfg.orders[0]).set_index("k").layers
+            out += [Candidate(method, student_name, "block_influence", k,
+                              lambda n=int(sizes[k]): shortgpt(family.teacher, influence(), n)) for k in ks]
+        elif method == "distilled":
+            if not distilled:
+                raise ValueError("Method 'distilled' needs distilled={name or layer count: model}.")
+            out += [Candidate(method, f"distilled-{name}" if isinstance(name, int) else str(name), "", None,
+                              lambda m=model: m) for name, model in distilled.items()]
+    return out
+
+
+def _evaluate(model: PreTrainedModel, tokenizer, task: str, cfg: SweepConfig) -> pd.DataFrame:
+    """Tidy (metric, value, stderr) rows of one model on one task."""
+    if task == PPL_TASK:
+        result = perplexity(model, tokenizer, config=cfg.ppl)
+        metrics = ("token_perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
+        return pd.DataFrame({"metric": metrics, "value": [result[m] for m in metrics], "stderr": math.nan})
+    rows = evaluate_lm(model, tokenizer, [task], limit=cfg.limit, batch_size=cfg.batch_size)
+    if task not in set(rows.task):
+        raise ValueError(f"{task!r} is an lm-eval group or tag without a score of its own; list its tasks instead: "
+                         f"{', '.join(sorted(set(rows.task)))}.")
+    return rows[rows.task == task].drop(columns="task").reset_index(drop=True)
+
+
+def summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Each task's first metric by method, order and size."""
+    first = table.groupby("task", sort=False).metric.first()
+    headline = table[table.metric == table.task.map(first)]
+    return headline.pivot_table(index=["method", "order", "k", "layers"], columns="task", values="value",
+                                dropna=False, sort=False).dropna(how="all")
+
+
+def read_results(path: str | Path) -> pd.DataFrame:
+    """The results table at `path` (.csv or .parquet), or an empty one."""
+    path = Path(path)
+    if not path.exists():
+        return pd.DataFrame(columns=COLUMNS)
+    table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype=_TEXT, keep_default_na=False,
+                                                                                 na_values={"k": [""], "limit": [""],
+                                                                                            "stderr": [""], "value": [""]})
+    missing = set(COLUMNS) - set(table.columns)
+    if missing:
+        raise ValueError(f"{path} is not a sweep results table: it lacks the columns {sorted(missing)}.")
+    return table
+
+
+def write_results(table: pd.DataFrame, path: str | Path) -> None:
+    """Write the whole table atomically (a reader or a crash never sees a half-written file)."""
+    with atomic_path(path) as tmp:
+        if Path(path).suffix == ".parquet":
+            table.to_parquet(tmp, index=False)
+        else:
+            table.to_csv(tmp, index=False)
+
+
+def _limit(task: str, cfg: SweepConfig) -> int | float | None:
+    return cfg.ppl.max_tokens if task == PPL_TASK else cfg.limit
+
+
+def _row_key(teacher: str, cand: Candidate, task: str, cfg: SweepConfig) -> tuple:
+    return teacher, cand.student, cand.method, cand.order, cand.k, task, _limit(task, cfg)
+
+
+def _key(values) -> tuple[str, ...]:
+    """A key that survives the CSV round trip: numbers as floats, missing values as ''."""
+    def norm(v) -> str:
+        if v is None or (isinstance(v, numbers.Real) and math.isnan(v)):
+            return ""
+        if isinstance(v, numbers.Real) and not isinstance(v, bool):
+            return repr(float(v))
+        return str(v)
+    return tuple(norm(v) for v in values)
+
+
+def _name(model: PreTrainedModel) -> str:
+    return getattr(model.config, "_name_or_path", "") or type(model).__name__

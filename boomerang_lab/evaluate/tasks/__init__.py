@@ -1,0 +1,6 @@
+"""lm-eval task configs (`<stock name>_local`) reading the benchmark files shipped under `data/`."""
+from pathlib import Path
+
+TASKS_DIR = Path(__file__).resolve().parent
+LOCAL_TASKS = ("arc_easy_local", "arc_challenge_local", "piqa_local", "hellaswag_local", "winogrande_local",
+               "boolq_local", "openbookqa_local", "lambada_openai_local", "rte_local", "wikitext_local")

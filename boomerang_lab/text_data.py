@@ -1,0 +1,89 @@
+"""Training text through `datasets`: local files (default: the shipped corpus) or a hub dataset, packed into blocks."""
+from __future__ import annotations
+
+import glob
+import re
+from itertools import chain
+from pathlib import Path
+from typing import Sequence
+
+from datasets import Dataset, IterableDataset, load_dataset
+from transformers import PreTrainedTokenizerBase
+
+from .data import CORPUS_FILES, DATA_DIR, data_file
+
+EVAL_SPLIT = re.compile(r"(^|[^a-z])(test|valid|validation|val|dev|eval|evaluation)([^a-z]|$)", re.IGNORECASE)
+
+TEXT_SUFFIXES = {".txt", ".text", ".md", ".raw", ".tokens"}
+
+Source = str | Path | Sequence[str | Path] | None
+
+
+def packed_blocks(tokenizer: PreTrainedTokenizerBase, source: Source = None, seq_len: int = 512, *,
+                  name: str | None = None, split: str = "train", text_field: str = "text",
+                  streaming: bool = True) -> Dataset | IterableDataset:
+    """Rows of exactly `seq_len` token ids ("input_ids"): documents tokenised, joined with EOS, cut into blocks.
+
+    `source`: None (the shipped corpus), local text files / directories / globs, or a hub dataset id (read with
+    `name`, `split`, `text_field`; streamed unless `streaming=False`). Evaluation splits and benchmark files are refused.
+    """
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be at least 2, got {seq_len}.")
+    if tokenizer.eos_token_id is None:
+        raise ValueError("The tokenizer has no EOS token to separate documents.")
+    if EVAL_SPLIT.search(split):
+        raise ValueError(f"Split {split!r} looks like an evaluation split; distillation only reads training data.")
+    if source is not None and not isinstance(source, (str, Path)) and len(source) == 1:
+        source = source[0]
+    files = _local_files(source)
+    if files is not None:
+        raw = load_dataset("text", data_files=[str(f) for f in files], sample_by="document", split="train")
+        text_field = "text"
+    else:
+        raw = load_dataset(str(source), name, split=split, streaming=streaming)
+    raw = raw.select_columns([text_field])
+    eos = tokenizer.eos_token_id
+
+    def pack(batch: dict) -> dict:
+        ids = tokenizer(batch[text_field], add_special_tokens=False, verbose=False)["input_ids"]
+        stream = list(chain.from_iterable(doc + [eos] for doc in ids))
+        usable = len(stream) // seq_len * seq_len
+        return {"input_ids": [stream[i:i + seq_len] for i in range(0, usable, seq_len)]}
+
+    blocks = raw.map(pack, batched=True, batch_size=1000, remove_columns=[text_field])
+    if files is not None and len(blocks) == 0:
+        raise ValueError(f"{', '.join(map(str, files))} hold fewer than {seq_len} tokens: no block to train on.")
+    return blocks
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """`org/name` or `name`, not a path to a (missing) text file."""
+    path = Path(name)
+    return not path.is_absolute() and not name.startswith(".") and name.count("/") <= 1 and path.suffix not in TEXT_SUFFIXES
+
+
+def _local_files(source: Source) -> list[Path] | None:
+    """The text files `source` names, None for a hub id; refuses the shipped evaluation files."""
+    if source is None:
+        return [data_file(f) for f in CORPUS_FILES]
+    entries = [source] if isinstance(source, (str, Path)) else list(source)
+    files: list[Path] = []
+    for entry in entries:
+        path = Path(entry)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        elif path.is_file():
+            files.append(path)
+        elif glob.has_magic(str(entry)) and glob.glob(str(entry), recursive=True):
+            files += sorted(Path(p) for p in glob.glob(str(entry), recursive=True) if Path(p).is_file())
+        elif isinstance(source, (str, Path)) and _looks_like_hub_id(str(entry)):
+            return None
+        else:
+            raise FileNotFoundError(f"Training text {entry} does not exist.")
+    corpus = {data_file(f).resolve() for f in CORPUS_FILES}
+    for f in files:
+        inside = f.resolve().is_relative_to(DATA_DIR.resolve())
+        if inside and f.resolve() not in corpus:
+            raise ValueError(f"{f} is evaluation data; train only on the corpus ({', '.join(CORPUS_FILES)}) "
+                             f"or your own text.")
+    return files

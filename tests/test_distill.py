@@ -1,0 +1,133 @@
+"""Distillation end to end: smoke run to a loadable student, exact resume, and 2 processes = 1 process.
+
+Run as a script (under torchrun) it is the worker of the 2-process test.
+"""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from datasets import Dataset
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from boomerang_lab.adapters import get_adapter
+from boomerang_lab.cli import main
+from boomerang_lab.data import data_file
+from boomerang_lab.distill import LOG_FILE, _last_checkpoint, distill, profile
+from boomerang_lab.models import load_model, load_student
+from boomerang_lab.plan import LayerPlan
+from boomerang_lab.student import init_student
+from tiny import VOCAB, tiny_model
+
+TERMS = ["loss", "ce", "kl", "cos"]
+
+
+def tiny_run(out: Path, batch_size: int = 4, steps: int = 6, callbacks=(), **overrides) -> Path:
+    """Distil a tiny Llama (vocab 97) on fixed random token blocks with the smoke profile's recipe."""
+    teacher = tiny_model("llama")
+    plan = LayerPlan.from_kept([0, 3, 5, 7], 8)
+    student = init_student(teacher, plan)
+    ids = torch.randint(0, VOCAB, (64, 16), generator=torch.Generator().manual_seed(0))
+    data = Dataset.from_dict({"input_ids": ids.tolist()})
+    config = profile("smoke", output_dir=str(out), batch_size=batch_size, max_steps=steps, save_steps=2,
+                     use_cpu=True, **overrides)
+    return distill(teacher, student, plan, data, config, callbacks=callbacks)
+
+
+class Interrupted(Exception):
+    pass
+
+
+class InterruptAt(TrainerCallback):
+    """Dies at the end of step `step`, like a killed job."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise Interrupted
+
+
+def test_smoke_profile_through_the_cli(tmp_path):
+    out = tmp_path / "student"
+    main(["distill", "--profile", "smoke", "--out", str(out), "--max-steps", "3",
+          "--data", str(data_file("corpus/pg11_alice_in_wonderland.txt"))])
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]  # no leftover .partial
+    model, tokenizer, plan = load_student(out)
+    teacher, teacher_tokenizer = load_model("smollm2-tiny-random")
+    assert plan == LayerPlan.paper(8) and len(tokenizer) == len(teacher_tokenizer)
+    start = init_student(teacher, plan).state_dict()
+    assert any(not torch.equal(v, start[k]) for k, v in model.state_dict().items())
+
+    log = pd.read_csv(out / LOG_FILE)
+    assert list(log.step) == [1, 2, 3] and list(log.tokens_seen) == [256, 512, 768]
+    assert {"step", "loss", "ce", "kl", "cos", "lr", "grad_norm", "tokens_seen"} <= set(log.columns)
+    assert (log.ce + 0.1 * log.kl + 2.0 * log.cos - log.loss).abs().max() < 1e-4
+
+
+def test_interrupted_run_resumes_to_the_same_student(tmp_path):
+    full = tiny_run(tmp_path / "full")
+    with pytest.raises(Interrupted):
+        tiny_run(tmp_path / "cut", callbacks=[InterruptAt(5)])
+    assert not (tmp_path / "cut").exists()  # nothing that looks finished
+    assert _last_checkpoint(tmp_path / "cut.partial").endswith("checkpoint-4")
+    with pytest.raises(ValueError, match="other settings"):
+        tiny_run(tmp_path / "cut", lr=1e-4)
+    resumed = tiny_run(tmp_path / "cut")
+
+    assert not (tmp_path / "cut.partial").exists()
+    a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    pd.testing.assert_frame_equal(pd.read_csv(full / LOG_FILE), pd.read_csv(resumed / LOG_FILE))
+
+
+def test_incomplete_checkpoints_are_not_resumed(tmp_path):
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-4").mkdir()  # killed while saving: no trainer state yet
+    assert _last_checkpoint(tmp_path).endswith("checkpoint-2")
+    assert _last_checkpoint(tmp_path / "none") is None
+
+
+def test_frozen_embeddings_and_switched_off_terms(tmp_path):
+    out = tiny_run(tmp_path / "s", steps=2, freeze_embeddings=True,
+                   loss=dict(kl_weight=0.0, cos_weight=0.0))
+    start = init_student(tiny_model("llama"), LayerPlan.from_kept([0, 3, 5, 7], 8)).state_dict()
+    trained = load_file(out / "model.safetensors")
+    embed = get_adapter(tiny_model("llama")).embeddings[0] + ".weight"
+    assert torch.equal(trained[embed], start[embed])  # tied: the head too
+    assert not torch.equal(trained["model.layers.1.mlp.up_proj.weight"], start["model.layers.1.mlp.up_proj.weight"])
+    log = pd.read_csv(out / LOG_FILE)
+    assert log.kl.isna().all() and log.cos.isna().all()
+    assert (log.loss - log.ce).abs().max() < 1e-5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(tmp_path):
+    one = tiny_run(tmp_path / "one", batch_size=4, steps=3)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), __file__, str(tmp_path / "two")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+    a, b = pd.read_csv(one / LOG_FILE), pd.read_csv(tmp_path / "two" / LOG_FILE)
+    assert list(b.tokens_seen) == list(a.tokens_seen)  # the same global batch
+    for column in [*TERMS, "lr", "grad_norm"]:
+        assert b[column].to_numpy() == pytest.approx(a[column].to_numpy(), rel=1e-4), column
+
+
+if __name__ == "__main__":  # the 2-process worker: 2 sequences per process
+    tiny_run(Path(sys.argv[1]), batch_size=2, steps=3)

@@ -1,0 +1,319 @@
+"""Evaluation: local lm-eval tasks, the wrapper's exactness, perplexity, the baselines, and resumable sweeps."""
+import copy
+import importlib
+import math
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from boomerang_lab import Family, LayerPlan, init_student
+from boomerang_lab.adapters import get_adapter, layers_of, set_num_layers
+from boomerang_lab.cli import main
+from boomerang_lab.evaluate import (EVAL_PROFILES, LOCAL_TASKS, PPL_TASK, PerplexityConfig, block_influence,
+                                    evaluate_lm, naive_pruning, perplexity, read_results, shortgpt, sweep,
+                                    teacher_view)
+from boomerang_lab.evaluate.baselines import naive_layers
+from boomerang_lab.evaluate.lm_eval import manager_for
+from boomerang_lab.evaluate.tasks import utils as task_data
+from boomerang_lab.models import load_model
+from tiny import ARCHS, VOCAB, perturb, tiny_model
+
+sweep_module = importlib.import_module("boomerang_lab.evaluate.sweep")  # the package exports the function `sweep`
+
+PLAN8 = LayerPlan.paper(8)  # kept 0 2 4 6 7: blocks [0,1] [2,3] [4,5] [6] [7], K=3
+TEXT = ("The quick brown fox jumps over the lazy dog. " * 8 + "Perplexity counts every token once.\n") * 3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared CPU the spinning threads cost several times over."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def smol():
+    """The tiny random Llama with SmolLM2's tokenizer (8 layers, 64 wide)."""
+    return load_model("smollm2-tiny-random")
+
+
+@pytest.fixture(scope="module")
+def smol_family(smol):
+    teacher, _ = smol
+    return Family(teacher, perturb(init_student(teacher, PLAN8)), PLAN8)
+
+
+def ids(n=3, length=12, seed=0):
+    return torch.randint(1, VOCAB, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+# --- local task data and configs -----------------------------------------------------------------------------------
+SIZES = {"arc_easy": 2376, "arc_challenge": 1172, "piqa": 1838, "hellaswag": 10042, "winogrande": 1267,
+         "boolq": 3270, "openbookqa": 500, "lambada_openai": 5153, "rte": 277, "wikitext": 62}
+
+
+@pytest.mark.parametrize("name", SIZES)
+def test_local_files_load_in_the_stock_schema(name):
+    split = getattr(task_data, name)()
+    (docs,) = split.values()
+    assert len(docs) == SIZES[name]
+    doc = docs[0]
+    if name.startswith("arc"):
+        assert doc["answerKey"] in doc["choices"]["label"] and len(doc["choices"]["text"]) == len(doc["choices"]["label"])
+    if name == "boolq":
+        assert not doc["question"].endswith("?") and not doc["passage"].startswith("Passage: ")
+        assert sum(d["label"] for d in docs) == 2033  # yes answers of the official dev set
+    if name == "wikitext":
+        assert docs[0]["page"].startswith(" = Robert Boulter = \n")
+        assert sum(len(d["page"]) for d in docs) + len(docs) - 1 == len(task_data.data_file(
+            "wikitext-2/wiki.test.raw").read_text(encoding="utf-8")) - 2  # every line but the leading blank one
+
+
+def test_missing_file_error_names_the_file(monkeypatch, tmp_path):
+    monkeypatch.setattr("boomerang_lab.data.DATA_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="piqa/valid.jsonl"):
+        task_data.piqa.__wrapped__()
+
+
+EXPECTED = {"arc_easy_local": {"acc", "acc_norm"}, "arc_challenge_local": {"acc", "acc_norm"},
+            "piqa_local": {"acc", "acc_norm"}, "hellaswag_local": {"acc", "acc_norm"}, "winogrande_local": {"acc"},
+            "boolq_local": {"acc"}, "openbookqa_local": {"acc", "acc_norm"},
+            "lambada_openai_local": {"perplexity", "acc"}, "rte_local": {"acc"},
+            "wikitext_local": {"word_perplexity", "byte_perplexity", "bits_per_byte"}}
+
+
+def test_every_local_task_runs_with_a_limit(smol):
+    model, tok = smol
+    rows = evaluate_lm(model, tok, list(LOCAL_TASKS), limit=2)
+    assert set(EXPECTED) == set(LOCAL_TASKS)
+    for task, metrics in EXPECTED.items():
+        got = rows[rows.task == task]
+        assert set(got.metric) == metrics, task
+        assert got.value.notna().all()
+    accuracy = rows[rows.metric.str.startswith("acc")].value
+    assert accuracy.between(0, 1).all()
+
+
+def test_unknown_task_is_a_clear_error(smol):
+    with pytest.raises(ValueError, match="arc_easy_local"):
+        evaluate_lm(*smol, ["arc_eazy_local"], limit=1)
+
+
+def test_wrapper_gives_the_numbers_of_plain_simple_evaluate(smol, smol_family):
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    _, tok = smol
+    member = smol_family.build(1, "last")
+    tasks = ["arc_easy_local", "winogrande_local", "lambada_openai_local"]
+    ours = evaluate_lm(member, tok, tasks, limit=3)
+    plain = simple_evaluate(HFLM(pretrained=member, tokenizer=tok), tasks=tasks, limit=3, bootstrap_iters=1000,
+                            task_manager=manager_for(tasks))["results"]
+    assert len(ours) == 5
+    for row in ours.itertuples():
+        assert row.value == plain[row.task][f"{row.metric},none"]
+        assert row.stderr == plain[row.task][f"{row.metric}_stderr,none"]
+
+
+# --- perplexity ----------------------------------------------------------------------------------------------------
+def test_perplexity_single_window_is_the_model_loss(smol):
+    model, tok = smol
+    n = len(tok(TEXT)["input_ids"])
+    result = perplexity(model, tok, TEXT, PerplexityConfig(window=n, stride=n))
+    x = torch.tensor([tok(TEXT)["input_ids"]])
+    with torch.no_grad():
+        loss = model(x, labels=x).loss.item()
+    assert result["tokens"] == n
+    assert result["token_perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
+    nll = loss * (n - 1)
+    assert result["words"] == len(TEXT.split()) and result["bytes"] == len(TEXT.encode())
+    assert result["word_perplexity"] == pytest.approx(math.exp(nll / len(TEXT.split())), rel=1e-5)
+    assert result["bits_per_byte"] == pytest.approx(nll / len(TEXT.encode()) / math.log(2), rel=1e-5)
+
+
+@pytest.mark.parametrize("window,stride,max_tokens", [(32, 32, None), (32, 12, None), (40, 16, 101)])
+def test_strided_perplexity_matches_the_textbook_loop(smol, window, stride, max_tokens):
+    """The Hugging Face docs' recipe (labels masked with -100 before each window's new tokens) as the reference."""
+    model, tok = smol
+    x = torch.tensor(tok(TEXT)["input_ids"][:max_tokens])
+    nll, counted, prev_end = 0.0, 0, 0
+    for begin in range(0, len(x), stride):
+        end = min(begin + window, len(x))
+        target = x[begin:end].clone()
+        target[:-(end - prev_end)] = -100
+        with torch.no_grad():
+            loss = model(x[None, begin:end], labels=target[None]).loss.item()
+        valid = int((target[1:] != -100).sum())
+        nll, counted, prev_end = nll + loss * valid, counted + valid, end
+        if end == len(x):
+            break
+    result = perplexity(model, tok, TEXT, PerplexityConfig(window, stride, max_tokens))
+    assert result["scored"] == counted == len(x) - 1 - (len(x) - 2) // window * (stride == window)
+    assert result["token_perplexity"] == pytest.approx(math.exp(nll / counted), rel=1e-5)
+    if max_tokens:
+        end = tok(TEXT, return_offsets_mapping=True)["offset_mapping"][max_tokens - 1][1]
+        assert result["words"] == len(TEXT[:end].split()) and result["bytes"] == end
+
+
+def test_perplexity_config_is_checked():
+    with pytest.raises(ValueError, match="stride"):
+        PerplexityConfig(window=8, stride=16)
+
+
+# --- baselines -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ARCHS)
+def test_teacher_view_is_the_pruned_teacher_without_copies(arch):
+    teacher = tiny_model(arch)
+    keep = [0, 3, 4, 7]
+    view = teacher_view(teacher, keep)
+    reference = copy.deepcopy(teacher)
+    parent, _, name = get_adapter(reference).layers.rpartition(".")
+    setattr(reference.get_submodule(parent), name, nn.ModuleList([layers_of(reference)[i] for i in keep]))
+    types = getattr(reference.config, "layer_types", None)
+    set_num_layers(reference.config, [types[i] for i in keep] if types else None, len(keep))
+    for position, layer in enumerate(layers_of(reference)):
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = position
+    teacher_params = {id(p) for p in teacher.parameters()}
+    assert all(id(p) in teacher_params for p in view.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(view(ids()).logits, reference(ids()).logits, rtol=0, atol=0)
+        view(ids(), use_cache=True)  # positions in the KV cache are the view's, not the teacher's
+
+
+@pytest.mark.parametrize("order", ["last", "first"])
+def test_naive_pruning_has_the_family_sizes_and_is_the_undistilled_family(order):
+    teacher = tiny_model("llama")
+    undistilled = Family(teacher, init_student(teacher, PLAN8), PLAN8)
+    sizes = undistilled.sizes(order)
+    for k in range(undistilled.K + 1):
+        naive = naive_pruning(undistilled, k, order)
+        assert len(layers_of(naive)) == sizes.layers[k]  # parameters differ: the naive model keeps tied embeddings
+        with torch.no_grad():  # the undistilled student is the teacher's kept layers: the same function
+            torch.testing.assert_close(naive(ids()).logits, undistilled.build(k, order)(ids()).logits)
+    assert naive_layers(PLAN8, []) == list(PLAN8.kept)
+    assert naive_layers(PLAN8, range(5)) == list(range(8))
+
+
+def identity_layers(model, which):
+    """Zero the output projections of `which`: those layers add nothing to the residual stream (Block Influence 0)."""
+    with torch.no_grad():
+        for i in which:
+            layer = layers_of(model)[i]
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    return model
+
+
+def test_shortgpt_removes_the_lowest_influence_layers():
+    teacher = identity_layers(tiny_model("llama"), [2, 5])
+    influence = block_influence(teacher, ids(4, 16))
+    assert influence.shape == (8,)
+    assert influence[[2, 5]].abs().max() < 1e-12
+    assert (torch.cat([influence[:2], influence[3:5], influence[6:]]) > 1e-4).all()
+    sizes = Family(teacher, init_student(teacher, PLAN8), PLAN8).sizes("last")
+    for n in sizes.layers:
+        model = shortgpt(teacher, influence, int(n))
+        assert len(layers_of(model)) == n
+    assert [list(layers_of(teacher)).index(m) for m in layers_of(shortgpt(teacher, influence, 6))] == [0, 1, 3, 4, 6, 7]
+    with torch.no_grad():  # removing identity layers changes nothing
+        torch.testing.assert_close(shortgpt(teacher, influence, 6)(ids()).logits, teacher(ids()).logits)
+
+
+# --- sweeps --------------------------------------------------------------------------------------------------------
+TINY_PPL = PerplexityConfig(window=32, stride=32, max_tokens=64)
+
+
+def test_sweep_covers_every_method(smol, smol_family, tmp_path):
+    teacher, tok = smol
+    random_student = perturb(init_student(teacher, PLAN8, random_init=True))
+    table = sweep(teacher, tok, smol_family.student, PLAN8, tasks=[PPL_TASK], ppl=TINY_PPL,
+                  methods=("boomerang", "naive", "shortgpt", "random_init", "distilled"), orders=("last", "first"),
+                  random_student=random_student, random_name="rand", distilled={5: random_student},
+                  teacher_name="tiny", student_name="student", calibration=(2, 16), results=tmp_path / "r.parquet")
+    assert list(table.columns) == sweep_module.COLUMNS
+    token = table[table.metric == "token_perplexity"].set_index(["method", "order", "k"])
+    sizes = smol_family.sizes("last")
+    for method in ("boomerang", "naive", "random_init"):
+        assert list(token.loc[(method, "last")].layers) == list(sizes.layers)
+    assert list(token.loc[("random_init", "last")].params) == list(sizes.params)
+    assert list(token.loc[("shortgpt", "block_influence")].layers) == list(sizes.layers)
+    teacher_ppl = perplexity(teacher, tok, config=TINY_PPL)["token_perplexity"]
+    assert token.loc[("boomerang", "last", 3)].value == pytest.approx(teacher_ppl)
+    assert token.loc[("naive", "first", 3)].value == pytest.approx(teacher_ppl)
+    assert token.loc[("boomerang", "last", 0)].value == pytest.approx(
+        perplexity(smol_family.student, tok, config=TINY_PPL)["token_perplexity"])
+    random_ppl = perplexity(random_student, tok, config=TINY_PPL)["token_perplexity"]
+    assert token.loc[("random_init", "first", 0)].value == pytest.approx(random_ppl)
+    distilled = token.loc[("distilled", "")]
+    assert distilled.student.tolist() == ["distilled-5"] and distilled.value.item() == pytest.approx(random_ppl)
+    assert set(table.student) == {"student", "rand", "distilled-5"} and set(table.teacher) == {"tiny"}
+
+
+def test_sweep_runs_lm_eval_tasks_and_checks_its_inputs(smol, tmp_path):
+    teacher, tok = smol
+    table = sweep(teacher, tok, None, PLAN8, tasks=["arc_easy_local"], limit=2, ks=[0], progress=False,
+                  results=tmp_path / "r.csv")
+    assert set(table.metric) == {"acc", "acc_norm"} and (table.limit == 2).all()
+    assert table.student.unique().tolist() == ["teacher-init"]
+    with pytest.raises(ValueError, match="shortgpt"):
+        sweep(teacher, tok, methods=("shortgpd",), results=tmp_path / "x.csv")
+    with pytest.raises(ValueError, match="random_student"):
+        sweep(teacher, tok, methods=("random_init",), tasks=[PPL_TASK], results=tmp_path / "x.csv")
+    with pytest.raises(ValueError, match="k=0..3"):
+        sweep(teacher, tok, None, PLAN8, ks=[4], tasks=[PPL_TASK], results=tmp_path / "x.csv")
+
+
+def test_interrupted_sweep_resumes_without_duplicates(smol, smol_family, tmp_path, monkeypatch):
+    teacher, tok = smol
+    args = dict(tasks=[PPL_TASK], ppl=TINY_PPL, methods=("boomerang", "naive"), teacher_name="tiny",
+                student_name="student", progress=False)
+    full = sweep(teacher, tok, smol_family.student, PLAN8, results=tmp_path / "full.csv", **args)
+    assert len(full) == 2 * 4 * 4 and not full.duplicated(sweep_module.KEY + ["metric"]).any()
+
+    real, calls = sweep_module._evaluate, []
+
+    def crash_on_third(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sweep_module, "_evaluate", crash_on_third)
+    results = tmp_path / "resumed.csv"
+    with pytest.raises(KeyboardInterrupt):
+        sweep(teacher, tok, smol_family.student, PLAN8, results=results, **args)
+    assert len(read_results(results)) == 2 * 4  # the two finished evaluations survived, the third was in flight
+    monkeypatch.setattr(sweep_module, "_evaluate", real)
+    resumed = sweep(teacher, tok, smol_family.student, PLAN8, results=results, **args)
+    again = sweep(teacher, tok, smol_family.student, PLAN8, results=results, **args)
+    on_disk = read_results(results)
+    assert len(on_disk) == len(full) and not on_disk.duplicated(sweep_module.KEY + ["metric"]).any()
+    by_key = sweep_module.KEY + ["metric"]
+    expected = full.drop(columns="timestamp").sort_values(by_key).reset_index(drop=True)
+    for table in (resumed, again, on_disk):
+        pd.testing.assert_frame_equal(table.drop(columns="timestamp").sort_values(by_key).reset_index(drop=True),
+                                      expected, check_dtype=False)
+
+
+def test_profiles_name_known_tasks():
+    for name, profile in EVAL_PROFILES.items():
+        assert set(profile.tasks) <= set(LOCAL_TASKS) | {PPL_TASK}, name
+    assert EVAL_PROFILES["paper"].limit is None and set(EVAL_PROFILES["paper"].tasks) == set(LOCAL_TASKS) | {PPL_TASK}
+
+
+def test_cli_evaluate_appends_to_the_table(tmp_path, capsys):
+    results = tmp_path / "cli.csv"
+    argv = ["evaluate", "--profile", "smoke", "--teacher", "smollm2-tiny-random", "--tasks", PPL_TASK,
+            "--methods", "boomerang", "naive", "--ks", "0", "3", "--results", str(results)]
+    main(argv)
+    table = read_results(results)
+    assert len(table) == 2 * 2 * 4 and set(table.student) == {"teacher-init"} and set(table.limit) == {512}
+    main(argv)
+    assert "0 evaluations run, 4 found" in capsys.readouterr().out
+    assert len(read_results(results)) == len(table)
