@@ -237,7 +237,7 @@ def test_sweep_covers_every_method(smol, smol_family, tmp_path):
                   random_student=random_student, random_name="rand", distilled={5: random_student},
                   teacher_name="tiny", student_name="student", calibration=(2, 16), results=tmp_path / "r.parquet")
     assert list(table.columns) == sweep_module.COLUMNS
-    token = table[table.metric == "token_perplexity"].set_index(["method", "order", "k"])
+    token = table[table.metric == "token_perplexity"].set_index(["method", "order", "k"]).sort_index()
     sizes = smol_family.sizes("last")
     for method in ("boomerang", "naive", "random_init"):
         assert list(token.loc[(method, "last")].layers) == list(sizes.layers)
