@@ -50,6 +50,11 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def now() -> tuple[float, float]:
+    """(wall, this process's CPU) seconds: on a shared CPU the second is the fairer clock."""
+    return time.perf_counter(), time.process_time()
+
+
 class Clock(TrainerCallback):
     """Marks the end of the warm-up steps and of the last step."""
 
@@ -59,11 +64,11 @@ class Clock(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step in (self.warmup, state.max_steps):
             sync(self.device)
-            self.marks[state.global_step] = time.perf_counter()
+            self.marks[state.global_step] = now()
 
 
-def run_trainer(args) -> float:
-    """Seconds for args.steps Trainer steps after args.warmup warm-up steps."""
+def run_trainer(args) -> tuple[float, float]:
+    """(wall, CPU) seconds for args.steps Trainer steps after args.warmup warm-up steps."""
     teacher, student, plan = pair(args.layers)
     total = args.warmup + args.steps
     ids = torch.randint(0, SMOLLM2_135M["vocab_size"], (total * args.batch, args.seq_len),
@@ -77,7 +82,8 @@ def run_trainer(args) -> float:
                                log_steps=args.log_every,
                                loss=LossConfig(chunk_tokens=args.chunk_tokens, compile=args.compile))
         distill(teacher, student, plan, data, config, callbacks=[clock])
-    return clock.marks[total] - clock.marks[args.warmup]
+    (w0, c0), (w1, c1) = clock.marks[args.warmup], clock.marks[total]
+    return w1 - w0, c1 - c0
 
 
 def naive_objective(s, t, ids: torch.Tensor, plan: LayerPlan) -> torch.Tensor:
@@ -91,8 +97,8 @@ def naive_objective(s, t, ids: torch.Tensor, plan: LayerPlan) -> torch.Tensor:
     return ce + 0.1 * kl + 2.0 * cos
 
 
-def run_baseline(args) -> float:
-    """Seconds for args.steps steps of the plain loop after args.warmup warm-up steps."""
+def run_baseline(args) -> tuple[float, float]:
+    """(wall, CPU) seconds for args.steps steps of the plain loop after args.warmup warm-up steps."""
     teacher, student, plan = pair(args.layers)
     teacher.to(args.device).eval().requires_grad_(False)
     student.to(args.device)
@@ -102,7 +108,7 @@ def run_baseline(args) -> float:
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
             sync(args.device)
-            start = time.perf_counter()
+            start = now()
         ids = torch.randint(0, SMOLLM2_135M["vocab_size"], (args.batch, args.seq_len), generator=generator)
         ids = ids.to(args.device, non_blocking=True)
         with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
@@ -118,7 +124,8 @@ def run_baseline(args) -> float:
             loss.item()  # a loop that logs its loss syncs here, like the Trainer does
         del t, s, loss
     sync(args.device)
-    return time.perf_counter() - start
+    end = now()
+    return end[0] - start[0], end[1] - start[1]
 
 
 def main() -> None:
@@ -148,9 +155,9 @@ def main() -> None:
     for mode in (("trainer", "baseline") if args.mode == "both" else (args.mode,)):
         if args.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        status, seconds = "ok", float("nan")
+        status, (seconds, cpu_seconds) = "ok", (float("nan"), float("nan"))
         try:
-            seconds = (run_trainer if mode == "trainer" else run_baseline)(args)
+            seconds, cpu_seconds = (run_trainer if mode == "trainer" else run_baseline)(args)
         except Exception as err:  # one failing configuration (e.g. compile, OOM) must not hide the other
             traceback.print_exc()
             status = f"failed: {type(err).__name__}: {str(err)[:200]}"
@@ -158,6 +165,7 @@ def main() -> None:
                      "batch": args.batch, "seq_len": args.seq_len, "layers": args.layers, "bf16": args.bf16,
                      "compile": args.compile and mode == "trainer", "fused": args.fused and mode == "trainer",
                      "log_every": args.log_every, "steps": args.steps, "s_per_step": seconds / args.steps,
+                     "cpu_s_per_step": cpu_seconds / args.steps,
                      "tokens_per_s": args.steps * args.batch * args.seq_len / seconds,
                      "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else float("nan"),
                      "status": status})

@@ -56,10 +56,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     """Execute the notebooks 01→04 and 06 with papermill for a profile, into an output folder."""
     from .pipeline import PipelineError, run
 
-    options = {k: v for k, v in vars(args).items() if k in ("out", "teacher", "student", "tasks", "limit", "orders",
-                                                           "results", "figures") and v is not None}
-    if args.no_random_init:
-        options["random_init"] = False
+    options = {k: v for k, v in vars(args).items() if k in ("out", "teacher", "student", "random_init", "tasks", "limit",
+                                                           "orders", "results", "figures") and v is not None}
     try:
         out = run(args.profile, **options)
     except PipelineError as err:
@@ -73,11 +71,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     from .adapters import layers_of
     from .evaluate import SweepConfig, sweep
-    from .models import load_model, load_student
-    from .pipeline import TEACHERS
+    from .models import TINY, load_model, load_student
     from .plan import LayerPlan
 
-    teacher_name = args.teacher or TEACHERS[args.profile]
+    teacher_name = args.teacher or (TINY if args.profile == "smoke" else "smollm2-135m")
     teacher, tokenizer = load_model(teacher_name, dtype=args.dtype)
     if args.student:
         student, _, plan = load_student(args.student, dtype=args.dtype)
@@ -146,9 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--student", help="the distilled student's directory (default <out>/student)")
     run.add_argument("--tasks", nargs="+", help="evaluation tasks (default: the profile's)")
     run.add_argument("--limit", type=_limit, help="examples per task, or a fraction (default: the profile's)")
-    run.add_argument("--orders", nargs="+", help="patch orders to evaluate: last, first, klpatch, optimal (default last)")
-    run.add_argument("--no-random-init", action="store_true",
-                     help="skip distilling the random-init student (and its baseline)")
+    run.add_argument("--random-init", action=argparse.BooleanOptionalAction,
+                     help="distil a random-init student for that baseline (default: smoke and paper only)")
+    run.add_argument("--orders", nargs="+", help="patch orders to evaluate: last, first, klpatch, optimal "
+                                                 "(default: last; paper: all four)")
     run.add_argument("--results", help="results table (default results/<profile>.csv)")
     run.add_argument("--figures", help="figures folder (default figures/ for quick)")
     run.set_defaults(func=cmd_run)

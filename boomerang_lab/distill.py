@@ -78,8 +78,8 @@ class DistillConfig:
 PROFILES: dict[str, DistillConfig] = {
     "smoke": DistillConfig(teacher="smollm2-tiny-random", seq_len=64, batch_size=4, max_steps=8, lr=1e-3, warmup=0.1,
                            save_steps=4),
-    # CPU, SmolLM2-135M teacher: a 4 x 128-token step costs ~11 s of single-core CPU time (~6 s on 2 idle
-    # cores), so 128 steps (65k tokens) take ~13-15 min on an otherwise idle 2-core machine.
+    # CPU, SmolLM2-135M teacher: a 4 x 128-token step costs ~9-11 s of single-core CPU time (~5-6 s on 2 idle
+    # cores), so 128 steps (65k tokens) take ~12-15 min on an otherwise idle 2-core machine.
     "quick": DistillConfig(teacher="smollm2-135m", seq_len=128, batch_size=4, max_steps=128, lr=3e-4, warmup=0.05,
                            save_steps=16),
     # GPU: the paper's recipe; 16 x 2048 tokens per micro-step, 8 micro-steps per step (lower batch_size if it OOMs).

@@ -9,8 +9,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = ROOT / "notebooks"
 PIPELINE = ("01_distill", "02_interpolate", "03_evaluate", "04_figures", "06_alignment")
-TEACHERS = {"smoke": "smollm2-tiny-random", "quick": "smollm2-135m", "paper": "smollm2-135m"}
-"""The default teacher of each profile (`smoke` runs in seconds on a tiny random model)."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A pipeline profile's defaults (the recipe and evaluation settings are distill's and evaluate's profiles)."""
+
+    teacher: str
+    random_init: bool  # also distil a randomly initialised student: the random-init baseline
+    orders: tuple[str, ...]  # the patch orders evaluated
+
+
+PROFILES = {"smoke": Profile("smollm2-tiny-random", True, ("last",)),
+            "quick": Profile("smollm2-135m", False, ("last",)),
+            "paper": Profile("smollm2-135m", True, ("last", "first", "klpatch", "optimal"))}
+"""smoke: seconds on a tiny random model (every code path); quick: the CPU main job; paper: a GPU."""
 
 
 class PipelineError(RuntimeError):
@@ -19,16 +32,16 @@ class PipelineError(RuntimeError):
 
 @dataclass
 class RunConfig:
-    """What `run` executes and where it writes. Paths left as None follow the profile (see `resolved`)."""
+    """What `run` executes and where it writes. Fields left as None follow the profile (see `resolved`)."""
 
     profile: str = "quick"
     out: Path | None = None  # executed notebooks and the students; default outputs/<profile>
-    teacher: str | None = None  # default TEACHERS[profile]
+    teacher: str | None = None
     student: Path | None = None  # the distilled student's directory; default <out>/student
-    random_init: bool = True  # also distil a randomly initialised student (<out>/student_random), a baseline
+    random_init: bool | None = None  # distil <out>/student_random for the random-init baseline
     tasks: list[str] | None = None  # default: the evaluation profile's tasks
     limit: int | float | None = None  # default: the evaluation profile's limit
-    orders: tuple[str, ...] = ("last",)  # the patch orders evaluated
+    orders: tuple[str, ...] | None = None
     results: Path | None = None  # the results table; default results/<profile>.csv (smoke: <out>/results.csv)
     figures: Path | None = None  # default figures/ (quick), figures/<profile>/ (others), smoke: <out>/figures
     notebooks: tuple[str, ...] = PIPELINE
@@ -36,14 +49,17 @@ class RunConfig:
 
     def resolved(self) -> "RunConfig":
         """This config with every default filled in and every path absolute."""
-        if self.profile not in TEACHERS:
-            raise ValueError(f"Unknown profile {self.profile!r}; use one of {', '.join(TEACHERS)}.")
+        if self.profile not in PROFILES:
+            raise ValueError(f"Unknown profile {self.profile!r}; use one of {', '.join(PROFILES)}.")
+        profile = PROFILES[self.profile]
         smoke = self.profile == "smoke"
         out = Path(self.out or ROOT / "outputs" / self.profile).resolve()
         figures = self.figures or (out / "figures" if smoke else ROOT / "figures" if self.profile == "quick"
                                    else ROOT / "figures" / self.profile)
         results = self.results or (out / "results.csv" if smoke else ROOT / "results" / f"{self.profile}.csv")
-        return dataclasses.replace(self, out=out, teacher=self.teacher or TEACHERS[self.profile],
+        return dataclasses.replace(self, out=out, teacher=self.teacher or profile.teacher,
+                                   random_init=profile.random_init if self.random_init is None else self.random_init,
+                                   orders=tuple(self.orders or profile.orders),
                                    student=Path(self.student or out / "student").resolve(),
                                    results=Path(results).resolve(), figures=Path(figures).resolve(),
                                    notebook_dir=Path(self.notebook_dir).resolve())

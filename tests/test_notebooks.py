@@ -59,7 +59,10 @@ def test_explore_notebook(smoke):
 def test_smoke_defaults_never_write_into_the_committed_figures(tmp_path):
     config = pipeline.RunConfig("smoke", out=tmp_path).resolved()
     assert config.figures == tmp_path / "figures" and config.results == tmp_path / "results.csv"
-    assert pipeline.RunConfig("quick").resolved().figures == pipeline.ROOT / "figures"
+    quick, paper = pipeline.RunConfig("quick").resolved(), pipeline.RunConfig("paper", random_init=False).resolved()
+    assert quick.figures == pipeline.ROOT / "figures" and not quick.random_init and quick.orders == ("last",)
+    assert paper.figures == pipeline.ROOT / "figures" / "paper" and not paper.random_init and len(paper.orders) == 4
+    assert paper.parameters()["random_student"] is None
     with pytest.raises(ValueError, match="Unknown profile 'fast'; use one of smoke, quick, paper"):
         pipeline.RunConfig("fast").resolved()
 
@@ -98,5 +101,7 @@ def test_cli_run_passes_options_and_exits_with_the_failure(monkeypatch):
 
     monkeypatch.setattr(pipeline, "run", fake_run)
     with pytest.raises(SystemExit, match=r"boomerang run: 03_evaluate.ipynb failed \(cell 3: KeyError: 'x'\)"):
-        main(["run", "--profile", "smoke", "--out", "o", "--tasks", "piqa_local", "arc_easy_local", "--limit", "5"])
-    assert seen == {"profile": "smoke", "out": "o", "tasks": ["piqa_local", "arc_easy_local"], "limit": 5}
+        main(["run", "--profile", "smoke", "--out", "o", "--tasks", "piqa_local", "arc_easy_local", "--limit", "5",
+              "--no-random-init"])
+    assert seen == {"profile": "smoke", "out": "o", "tasks": ["piqa_local", "arc_easy_local"], "limit": 5,
+                    "random_init": False}
