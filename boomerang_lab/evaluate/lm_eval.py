@@ -11,7 +11,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .tasks import LOCAL_TASKS, TASKS_DIR
 
-_NOISE = ("Custom kwargs can be passed", "`pretrained` model kwarg is not of type `str`")
+_NOISE = ("Custom kwargs can be passed", "`pretrained` model kwarg is not of type `str`",
+          "Passed an already-initialized model")
 
 
 class _Quiet(logging.Filter):
