@@ -13,7 +13,8 @@ after each variant so that an interrupted run keeps what it finished:
   orders_ppl.png      ppl and KL against layers, one panel per variant, one line per order
   distill_log.csv     the distillation loss terms per step, per variant
   study.json          the settings of this run
-Students are kept in --work and reused while their recipe is unchanged (--retrain to distil again).
+Students are kept in --work/<variant> and reused while their recipe is unchanged (another recipe there is an error;
+--retrain distils again).
 
     python benchmarks/study_orders.py --profile smoke --device cpu --out /tmp/study_orders   # tiny: ~1 min on 2 cores
     python benchmarks/study_orders.py --profile quick --device cuda --out results/study_orders --max-eval-tokens 65536
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -36,7 +38,7 @@ from boomerang_lab import Family, LayerPlan, curve_quality, init_student, load_m
 from boomerang_lab.adapters import layers_of
 from boomerang_lab.atomic import atomic_write_text
 from boomerang_lab.curves import order_curves
-from boomerang_lab.distill import CONFIG_FILE, LOG_FILE, distill, profile as distill_profile
+from boomerang_lab.distill import LOG_FILE, distill, finished, profile as distill_profile
 from boomerang_lab.evaluate import EVAL_PROFILES, PerplexityConfig, perplexity, wikitext_text
 from boomerang_lab.losses import LossConfig
 from boomerang_lab.models import cache_dir, load_student
@@ -95,8 +97,9 @@ def student_for(name: str, recipe: Recipe, args, teacher_name: str, tokenizer, l
     path = Path(args.work) / name.replace("=", "")
     config = distill_profile(args.profile, teacher=teacher_name, output_dir=str(path), loss=loss,
                              freeze_embeddings=recipe.freeze_embeddings, use_cpu=args.device == "cpu")
-    run = json.loads(json.dumps({"config": asdict(config), "plan": plan.to_dict()}))
-    if not args.retrain and (path / CONFIG_FILE).exists() and json.loads((path / CONFIG_FILE).read_text()) == run:
+    if args.retrain:
+        shutil.rmtree(path, ignore_errors=True)
+    if finished(config, plan):
         print(f"{name}: reusing the student in {path}", flush=True)
         return path, 0.0
     start = time.perf_counter()

@@ -1,6 +1,7 @@
 """Distil the student from its teacher with transformers' Trainer, so `accelerate launch` / `torchrun` (DDP, FSDP) work."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -158,9 +159,12 @@ def distill(teacher: PreTrainedModel, student: PreTrainedModel, plan: LayerPlan,
     """Train `student` towards the frozen `teacher` on token blocks (`data` rows: "input_ids"); return its directory.
 
     Checkpoints go to `<output_dir>.partial/`; rerunning the same call resumes from the last complete one. The
-    student directory (model, tokenizer, plan files, train_log.csv, distill_config.json) appears only when done.
+    student directory (model, tokenizer, plan files, train_log.csv, distill_config.json) appears only when done;
+    a finished directory of the same run is returned as it is, one of another run is an error (see `finished`).
     """
     plan.check_fits(len(layers_of(teacher)), len(layers_of(student)))
+    if finished(config, plan):
+        return Path(config.output_dir)
     if "input_ids" not in (data.column_names or ["input_ids"]):
         raise ValueError(f"data must have an 'input_ids' column of token blocks, got columns {data.column_names}.")
     out = Path(config.output_dir)
@@ -211,6 +215,48 @@ def distill(teacher: PreTrainedModel, student: PreTrainedModel, plan: LayerPlan,
         shutil.rmtree(work)
     trainer.accelerator.wait_for_everyone()
     return out
+
+
+def recipe(config: DistillConfig, plan: LayerPlan) -> dict:
+    """What decides the trained student: the config and plan, less where it is written and how it is checkpointed."""
+    return _recipe({"config": asdict(config), "plan": plan.to_dict()})
+
+
+def _recipe(run: dict) -> dict:
+    run = json.loads(json.dumps(run))
+    run["config"] = {k: v for k, v in run["config"].items() if k not in ("output_dir", "use_cpu", "save_steps")}
+    return run
+
+
+def finished(config: DistillConfig, plan: LayerPlan) -> bool:
+    """True when `config.output_dir` holds a finished run of this recipe, False when it does not exist.
+
+    A directory distilled with another recipe raises ValueError naming the differences (never silently reused).
+    """
+    out = Path(config.output_dir)
+    if not out.exists():
+        return False
+    if not (out / CONFIG_FILE).is_file():
+        raise ValueError(f"{out} exists but is not a distilled student (no {CONFIG_FILE}); choose another output_dir.")
+    before, now = recipe_of(out), recipe(config, plan)
+    if before != now:
+        diff = {k: (before["config"].get(k), v) for k, v in now["config"].items() if before["config"].get(k) != v}
+        if before["plan"] != now["plan"]:
+            diff["plan"] = (before["plan"], now["plan"])
+        raise ValueError(f"{out} holds a student distilled with other settings (field: (there, asked)): {diff}. "
+                         f"Delete it to distil again, or choose another output_dir.")
+    return True
+
+
+def recipe_of(path: str | Path) -> dict:
+    """The recipe (see `recipe`) of a finished student directory."""
+    return _recipe(json.loads((Path(path) / CONFIG_FILE).read_text()))
+
+
+def run_name(path: str | Path) -> str:
+    """A short, location-independent name of a finished student: its directory name and a hash of its recipe."""
+    digest = hashlib.sha1(json.dumps(recipe_of(path), sort_keys=True).encode()).hexdigest()[:8]
+    return f"{Path(path).name}@{digest}"
 
 
 def log_table(log_history: list[dict]) -> pd.DataFrame:

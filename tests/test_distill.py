@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 from boomerang_lab.adapters import get_adapter
 from boomerang_lab.cli import main
 from boomerang_lab.data import data_file
-from boomerang_lab.distill import LOG_FILE, _last_checkpoint, distill, profile
+from boomerang_lab.distill import LOG_FILE, _last_checkpoint, distill, profile, run_name
 from boomerang_lab.models import load_model, load_student
 from boomerang_lab.plan import LayerPlan
 from boomerang_lab.student import init_student
@@ -86,6 +86,24 @@ def test_interrupted_run_resumes_to_the_same_student(tmp_path):
     a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     pd.testing.assert_frame_equal(pd.read_csv(full / LOG_FILE), pd.read_csv(resumed / LOG_FILE))
+
+
+def test_a_finished_student_is_reused_only_for_the_same_recipe(tmp_path):
+    out = tiny_run(tmp_path / "s", steps=2)
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    name = run_name(out)
+    assert tiny_run(out, steps=2) == out  # returned as it is, not trained again
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp and not (tmp_path / "s.partial").exists()
+    with pytest.raises(ValueError, match=r"other settings.*'max_steps': \(2, 3\)"):
+        tiny_run(out, steps=3)
+    moved = tmp_path / "elsewhere" / "s"
+    out.rename(tmp_path / "moved")
+    moved.parent.mkdir()
+    (tmp_path / "moved").rename(moved)
+    assert run_name(moved) == name and name.startswith("s@")  # the name does not depend on the location
+    (tmp_path / "junk").mkdir()
+    with pytest.raises(ValueError, match="not a distilled student"):
+        tiny_run(tmp_path / "junk")
 
 
 def test_incomplete_checkpoints_are_not_resumed(tmp_path):

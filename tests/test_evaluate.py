@@ -119,6 +119,18 @@ def test_wrapper_gives_the_numbers_of_plain_simple_evaluate(smol, smol_family):
         assert row.stderr == plain[row.task][f"{row.metric}_stderr,none"]
 
 
+def test_progress_bars_can_be_hidden_without_changing_numbers(smol, smol_family, capfd):
+    _, tok = smol
+    member = smol_family.build(1, "last")
+    shown = evaluate_lm(member, tok, ["arc_easy_local"], limit=2)
+    assert "Running loglikelihood requests" in capfd.readouterr().err
+    hidden = evaluate_lm(member, tok, ["arc_easy_local"], limit=2, progress=False)
+    assert "Running loglikelihood requests" not in capfd.readouterr().err
+    pd.testing.assert_frame_equal(shown, hidden)
+    import lm_eval.api.task
+    assert lm_eval.api.task.tqdm.__module__.startswith("tqdm")  # restored
+
+
 # --- perplexity ----------------------------------------------------------------------------------------------------
 def test_perplexity_single_window_is_the_model_loss(smol):
     model, tok = smol

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from typing import Sequence
 
 import pandas as pd
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .tasks import LOCAL_TASKS, TASKS_DIR
@@ -34,6 +36,28 @@ def _cache_env_report() -> None:
     collect_env.get_pretty_env_info = lru_cache(maxsize=1)(collect_env.get_pretty_env_info)
 
 
+def _hidden_bar(*args, **kwargs) -> tqdm:
+    return tqdm(*args, **{**kwargs, "disable": True})  # lm-eval passes disable= itself
+
+
+@contextmanager
+def _no_progress_bars():
+    """lm-eval's bars for building and running each task's requests off (a sweep shows its own bar instead)."""
+    import lm_eval.api.model
+    import lm_eval.api.task
+    import lm_eval.models.huggingface
+
+    modules = (lm_eval.api.task, lm_eval.api.model, lm_eval.models.huggingface)
+    saved = [module.tqdm for module in modules]
+    for module in modules:
+        module.tqdm = _hidden_bar
+    try:
+        yield
+    finally:
+        for module, bar in zip(modules, saved):
+            module.tqdm = bar
+
+
 @lru_cache(maxsize=2)
 def task_manager(include_defaults: bool = True):
     """lm-eval's TaskManager with our `*_local` tasks; indexing the ~10k stock configs takes a while, so it is cached."""
@@ -50,11 +74,12 @@ def manager_for(tasks: Sequence[str]):
 
 def evaluate_lm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tasks: Sequence[str],
                 limit: int | float | None = None, batch_size: int = 1, num_fewshot: int | None = None,
-                bootstrap_iters: int = 1000) -> pd.DataFrame:
+                bootstrap_iters: int = 1000, progress: bool = True) -> pd.DataFrame:
     """`lm_eval.simple_evaluate(HFLM(pretrained=model, tokenizer=tokenizer), tasks, ...)` as tidy rows
     (task, metric, value, stderr); the same call, so the same numbers. `limit`: examples per task (or a fraction).
 
-    `bootstrap_iters` only sets how stderrs of non-mean metrics (e.g. lambada perplexity) are estimated.
+    `bootstrap_iters` only sets how stderrs of non-mean metrics (e.g. lambada perplexity) are estimated;
+    `progress=False` hides lm-eval's per-task progress bars.
     """
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -69,8 +94,9 @@ def evaluate_lm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task
                          f"(or the tag boomerang_local); any stock lm-eval task name also works with hub access.")
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     try:
-        out = simple_evaluate(lm, tasks=tasks, limit=limit, num_fewshot=num_fewshot, task_manager=manager,
-                              bootstrap_iters=bootstrap_iters, log_samples=False)
+        with nullcontext() if progress else _no_progress_bars():
+            out = simple_evaluate(lm, tasks=tasks, limit=limit, num_fewshot=num_fewshot, task_manager=manager,
+                                  bootstrap_iters=bootstrap_iters, log_samples=False)
     except (ConnectionError, OSError) as err:
         stock = [t for t in tasks if f"{t}_local" in LOCAL_TASKS]
         hint = f" Offline? Use the local copies: {', '.join(f'{t}_local' for t in stock)}." if stock else ""

@@ -163,7 +163,7 @@ def _evaluate(model: PreTrainedModel, tokenizer, task: str, cfg: SweepConfig) ->
         result = perplexity(model, tokenizer, config=cfg.ppl)
         metrics = ("token_perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
         return pd.DataFrame({"metric": metrics, "value": [result[m] for m in metrics], "stderr": math.nan})
-    rows = evaluate_lm(model, tokenizer, [task], limit=cfg.limit, batch_size=cfg.batch_size)
+    rows = evaluate_lm(model, tokenizer, [task], limit=cfg.limit, batch_size=cfg.batch_size, progress=False)
     if task not in set(rows.task):
         raise ValueError(f"{task!r} is an lm-eval group or tag without a score of its own; list its tasks instead: "
                          f"{', '.join(sorted(set(rows.task)))}.")
