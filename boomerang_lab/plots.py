@@ -77,6 +77,13 @@ def average_accuracy(results: pd.DataFrame, tasks: list[str] | None = None) -> p
     return out.drop(columns=["var", "n"]).assign(task="average", metric="acc")
 
 
+def size_axis(results: pd.DataFrame) -> str:
+    """"params" when every curve's parameter count grows with k, else "layers": members of a tied teacher's family that
+    hold the student's embeddings and the teacher's head have more parameters than the teacher itself."""
+    curves = results.dropna(subset=["k"]).sort_values("k").groupby(["method", "order", "student"], dropna=False)
+    return "params" if all(c.params.is_monotonic_increasing for _, c in curves) else "layers"
+
+
 # --- figures -----------------------------------------------------------------------------------------------------
 def panel_rows(results: pd.DataFrame, task: str, metric: str | None = None) -> tuple[pd.DataFrame, str]:
     """The rows one panel plots (with a `curve` label column), and the metric they report."""
@@ -92,13 +99,16 @@ def panel_rows(results: pd.DataFrame, task: str, metric: str | None = None) -> t
 
 
 def metric_vs_params(results: pd.DataFrame | str | Path, task: str, metric: str | None = None, ax=None,
-                     main: str = MAIN_METHOD, palette: Mapping[str, object] | None = None, x: str = "params"):
-    """One panel: `metric` of `task` ("average" = mean accuracy) against size (`x`: params or layers), one line per
-    method from k=0 to K, the teacher (star: the main method's largest k) and the student (diamond: its k=0) marked."""
+                     main: str = MAIN_METHOD, palette: Mapping[str, object] | None = None, x: str | None = None):
+    """One panel: `metric` of `task` ("average" = mean accuracy) against size (`x`: params, layers, or None for
+    `size_axis`), one line per method from k=0 to K, the teacher (star: the main method's largest k) and the student
+    (diamond: its k=0) marked."""
+    results = latest(results)
+    x = x or size_axis(results)
     if x not in X_AXES:
         raise ValueError(f"x must be one of {list(X_AXES)}, got {x!r}.")
     xlabel, scale = X_AXES[x]
-    rows, metric = panel_rows(latest(results), task, metric)
+    rows, metric = panel_rows(results, task, metric)
     palette = palette or _palette(rows.curve, main)
     ax = ax if ax is not None else plt.subplots(figsize=(5, 3.6))[1]
     for curve, line in rows.groupby("curve", sort=False):
@@ -124,9 +134,11 @@ def metric_vs_params(results: pd.DataFrame | str | Path, task: str, metric: str 
 
 
 def size_curves(results: pd.DataFrame | str | Path, tasks: list[str] | None = None, average: bool = True,
-                main: str = MAIN_METHOD, columns: int = 4, x: str = "params"):
-    """The paper's Fig. 2/3 grid: one panel per task (plus the average accuracy), one line per method."""
+                main: str = MAIN_METHOD, columns: int = 4, x: str | None = None):
+    """The paper's Fig. 2/3 grid: one panel per task (plus the average accuracy), one line per method; `x` as in
+    `metric_vs_params`."""
     results = latest(results)
+    x = x or size_axis(results)
     tasks = tasks or sorted(set(results.task))
     has_acc = any(primary_metric(results, t).startswith("acc") for t in tasks)
     panels = (["average"] if average and has_acc else []) + tasks
@@ -148,8 +160,8 @@ def size_curves(results: pd.DataFrame | str | Path, tasks: list[str] | None = No
 
 
 def perplexity_vs_size(results: pd.DataFrame | str | Path, task: str | None = None, metric: str | None = None,
-                       main: str = MAIN_METHOD, x: str = "params"):
-    """Perplexity against parameters (log scale), one line per method; by default the first perplexity result."""
+                       main: str = MAIN_METHOD, x: str | None = None):
+    """Perplexity against size (log scale), one line per method; by default the first perplexity result."""
     results = latest(results)
     ppl = results[results.metric.str.contains("perplexity")]
     if task is None:

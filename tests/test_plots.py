@@ -86,10 +86,20 @@ def test_metric_vs_params_draws_one_line_per_curve_and_marks_teacher_and_student
 def test_teacher_is_the_largest_size_even_when_a_member_has_more_parameters():
     results = fake_results(("arc_easy",))
     results.loc[results.k == K - 1, "params"] = 60e6  # members mixing two embedding matrices can outgrow the teacher
-    fig = plots.metric_vs_params(results, "arc_easy")
+    fig = plots.metric_vs_params(results, "arc_easy", x="params")
     teacher = [c for c in fig.axes[0].collections if c.get_label() == "teacher"][0]
     assert teacher.get_offsets()[0].tolist() == [50.0, pytest.approx(0.7)]
     plots.plt.close(fig)
+
+
+def test_the_default_size_axis_is_layers_when_parameters_do_not_grow_with_k():
+    assert plots.size_axis(fake_results()) == "params"
+    results = fake_results(("arc_easy",))
+    results.loc[(results.k == K - 1) & (results.order == "first"), "params"] = 60e6
+    assert plots.size_axis(results) == "layers"
+    for fig in (plots.metric_vs_params(results, "arc_easy"), plots.size_curves(results)):
+        assert fig.axes[0].get_xlabel() == "layers"
+        plots.plt.close(fig)
 
 
 def test_size_axis_can_be_layers():
