@@ -34,10 +34,11 @@ def cmd_distill(args: argparse.Namespace) -> None:
     from .text_data import packed_blocks
 
     chosen = {"max_steps": args.max_steps, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
-              "seq_len": args.seq_len, "lr": args.lr, "seed": args.seed, "bf16": args.bf16, "teacher": args.teacher}
+              "seq_len": args.seq_len, "lr": args.lr, "seed": args.seed, "bf16": args.bf16, "teacher": args.teacher,
+              "freeze_embeddings": args.freeze_embeddings}
     config = profile(args.profile, output_dir=args.out or f"runs/{args.profile}/student",
-                     student_init=args.student_init, freeze_embeddings=args.freeze_embeddings,
-                     use_cpu=args.cpu, **{k: v for k, v in chosen.items() if v is not None})
+                     student_init=args.student_init, use_cpu=args.cpu,
+                     **{k: v for k, v in chosen.items() if v is not None})
     weights = {"ce_weight": 0.0 if args.no_ce else None, "temperature": args.temperature,
                "kl_weight": 0.0 if args.no_kl else args.kl_weight, "cos_weight": 0.0 if args.no_cos else args.cos_weight}
     config = replace(config, loss=replace(config.loss, **{k: v for k, v in weights.items() if v is not None}))
@@ -120,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--keep-first", type=int, default=1)
     dist.add_argument("--keep-last", type=int, default=2)
     dist.add_argument("--every", type=int, default=2)
-    dist.add_argument("--freeze-embeddings", action="store_true", help="freeze the embeddings and LM head")
+    dist.add_argument("--freeze-embeddings", action=argparse.BooleanOptionalAction,
+                      help="freeze the embeddings and LM head (default: the profile's)")
     dist.add_argument("--data", nargs="+", help="text files/folders or a hub dataset id (default: the data/ corpus)")
     dist.add_argument("--data-config", help="hub dataset configuration name")
     dist.add_argument("--split", default="train", help="hub dataset split (never an evaluation split)")

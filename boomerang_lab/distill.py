@@ -81,11 +81,13 @@ PROFILES: dict[str, DistillConfig] = {
                            save_steps=4),
     # CPU, SmolLM2-135M teacher: a 4 x 128-token step costs ~9-11 s of single-core CPU time (~5-6 s on 2 idle
     # cores), so 128 steps (65k tokens) take ~12-15 min on an otherwise idle 2-core machine.
+    # quick and paper freeze the embeddings and head: the smoothest curve and the best student of the recipe study
+    # (README, benchmarks/results/study_recipes_cpu); freeze_embeddings=False is the paper's own recipe.
     "quick": DistillConfig(teacher="smollm2-135m", seq_len=128, batch_size=4, max_steps=128, lr=3e-4, warmup=0.05,
-                           save_steps=16),
+                           save_steps=16, freeze_embeddings=True),
     # GPU: the paper's recipe; 16 x 2048 tokens per micro-step, 8 micro-steps per step (lower batch_size if it OOMs).
     "paper": DistillConfig(teacher="smollm2-135m", seq_len=2048, batch_size=16, grad_accum=8, max_steps=500,
-                           bf16=True, save_steps=100),
+                           bf16=True, save_steps=100, freeze_embeddings=True),
 }
 
 

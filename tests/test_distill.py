@@ -2,6 +2,7 @@
 
 Run as a script (under torchrun) it is the worker of the 2-process test.
 """
+import json
 import os
 import socket
 import subprocess
@@ -56,7 +57,7 @@ class InterruptAt(TrainerCallback):
 
 def test_smoke_profile_through_the_cli(tmp_path):
     out = tmp_path / "student"
-    main(["distill", "--profile", "smoke", "--out", str(out), "--max-steps", "3",
+    main(["distill", "--profile", "smoke", "--out", str(out), "--max-steps", "3", "--freeze-embeddings",
           "--data", str(data_file("corpus/pg11_alice_in_wonderland.txt"))])
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]  # no leftover .partial
@@ -65,6 +66,9 @@ def test_smoke_profile_through_the_cli(tmp_path):
     assert plan == LayerPlan.paper(8) and len(tokenizer) == len(teacher_tokenizer)
     start = init_student(teacher, plan).state_dict()
     assert any(not torch.equal(v, start[k]) for k, v in model.state_dict().items())
+    assert torch.equal(model.state_dict()["model.embed_tokens.weight"], start["model.embed_tokens.weight"])
+    assert json.loads((out / "distill_config.json").read_text())["config"]["freeze_embeddings"] is True
+    assert profile("quick").freeze_embeddings and profile("paper").freeze_embeddings  # the recipe study's choice
 
     log = pd.read_csv(out / LOG_FILE)
     assert list(log.step) == [1, 2, 3] and list(log.tokens_seen) == [256, 512, 768]
