@@ -9,13 +9,10 @@ def cmd_sizes(args: argparse.Namespace) -> None:
     """Print the family table for the paper plan with the teacher-initialised (undistilled) student."""
     from .family import Family
     from .models import load_model
-    from .plan import LayerPlan
     from .student import init_student
-    from .adapters import layers_of
 
     teacher, _ = load_model(args.teacher, dtype=args.dtype)
-    plan = LayerPlan.paper(len(layers_of(teacher)), keep_first=args.keep_first, keep_last=args.keep_last,
-                           every=args.every)
+    plan = _plan(args, teacher)
     family = Family(teacher, init_student(teacher, plan), plan)
     table = family.sizes(args.order)
     print(f"teacher {args.teacher}: {plan}")
@@ -26,10 +23,8 @@ def cmd_distill(args: argparse.Namespace) -> None:
     """Distil a student from the teacher with a profile's recipe (rerun the same command to resume)."""
     from dataclasses import replace
 
-    from .adapters import layers_of
     from .distill import distill, profile
     from .models import load_model
-    from .plan import LayerPlan
     from .student import init_student
     from .text_data import packed_blocks
 
@@ -43,8 +38,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
                "kl_weight": 0.0 if args.no_kl else args.kl_weight, "cos_weight": 0.0 if args.no_cos else args.cos_weight}
     config = replace(config, loss=replace(config.loss, **{k: v for k, v in weights.items() if v is not None}))
     teacher, tokenizer = load_model(config.teacher)
-    plan = LayerPlan.paper(len(layers_of(teacher)), keep_first=args.keep_first, keep_last=args.keep_last,
-                           every=args.every)
+    plan = _plan(args, teacher)
     student = init_student(teacher, plan, random_init=config.student_init == "random", seed=config.seed)
     data = packed_blocks(tokenizer, args.data, config.seq_len, name=args.data_config, split=args.split,
                          text_field=args.text_field)
@@ -70,10 +64,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     """Sweep methods x orders x sizes x tasks of one family into the results table (rerun to resume)."""
     from pathlib import Path
 
-    from .adapters import layers_of
+    from .distill import run_name
     from .evaluate import SweepConfig, sweep
     from .models import TINY, load_model, load_student
-    from .plan import LayerPlan
 
     teacher_name = args.teacher or (TINY if args.profile == "smoke" else "smollm2-135m")
     teacher, tokenizer = load_model(teacher_name, dtype=args.dtype)
@@ -81,21 +74,41 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         student, _, plan = load_student(args.student, dtype=args.dtype)
     else:
         student = None  # the teacher-initialised student, shared with the teacher (no copy)
-        plan = LayerPlan.paper(len(layers_of(teacher)), keep_first=args.keep_first, keep_last=args.keep_last,
-                               every=args.every)
+        plan = _plan(args, teacher)
     random_student = load_model(args.random_student, dtype=args.dtype)[0] if args.random_student else None
     distilled = {Path(d).name: load_model(d, dtype=args.dtype)[0] for d in args.distilled or []}
     config = SweepConfig(profile=args.profile, tasks=args.tasks, limit=args.limit, methods=args.methods,
                          orders=args.orders, ks=args.ks, batch_size=args.batch_size,
                          results=args.results or f"results/{args.profile}.csv")
     sweep(teacher, tokenizer, student, plan, config, random_student=random_student, distilled=distilled or None,
-          teacher_name=teacher_name, student_name=args.student, random_name=args.random_student)
+          teacher_name=teacher_name, student_name=run_name(args.student) if args.student else None,
+          random_name=run_name(args.random_student) if args.random_student else None)
 
 
 def _limit(text: str) -> int | float:
     """An example count per task (100) or a fraction of each task (0.1)."""
     value = float(text)
     return int(value) if value.is_integer() else value
+
+
+def _plan(args: argparse.Namespace, teacher) -> "LayerPlan":
+    """The paper-style plan the --keep-first/--keep-last/--every flags describe, for this teacher."""
+    from .adapters import layers_of
+    from .plan import LayerPlan
+
+    return LayerPlan.paper(len(layers_of(teacher)), keep_first=args.keep_first, keep_last=args.keep_last,
+                           every=args.every)
+
+
+def _add_plan_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keep-first", type=int, default=1, help="teacher layers kept at the start (paper: 1)")
+    parser.add_argument("--keep-last", type=int, default=2, help="teacher layers kept at the end (paper: 2)")
+    parser.add_argument("--every", type=int, default=2, help="keep every n-th layer in between (paper: 2)")
+
+
+def _add_profile_arg(parser: argparse.ArgumentParser, help: str = "smoke: seconds on a tiny random model; quick: "
+                     "SmolLM2-135M on a CPU; paper: a GPU") -> None:
+    parser.add_argument("--profile", choices=("smoke", "quick", "paper"), default="quick", help=help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,21 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     sizes.add_argument("--teacher", default="smollm2-135m", help="hub id, local path, or smollm2-135m")
     sizes.add_argument("--dtype", default="float32")
     sizes.add_argument("--order", default="last")
-    sizes.add_argument("--keep-first", type=int, default=1)
-    sizes.add_argument("--keep-last", type=int, default=2)
-    sizes.add_argument("--every", type=int, default=2)
+    _add_plan_args(sizes)
     sizes.set_defaults(func=cmd_sizes)
 
     dist = sub.add_parser("distill", help="distil a student from the teacher (CE + KL + cosine alignment)")
-    dist.add_argument("--profile", choices=("smoke", "quick", "paper"), default="quick",
-                      help="smoke: seconds on a tiny random model; quick: SmolLM2-135M on a CPU; paper: a GPU")
+    _add_profile_arg(dist)
     dist.add_argument("--teacher", help="hub id, local path, or smollm2-135m (default: the profile's)")
     dist.add_argument("--out", help="the student directory to write (default runs/<profile>/student)")
     dist.add_argument("--student-init", choices=("teacher", "random"), default="teacher",
                       help="keep the teacher's layers (paper) or start from random weights (ablation)")
-    dist.add_argument("--keep-first", type=int, default=1)
-    dist.add_argument("--keep-last", type=int, default=2)
-    dist.add_argument("--every", type=int, default=2)
+    _add_plan_args(dist)
     dist.add_argument("--freeze-embeddings", action=argparse.BooleanOptionalAction,
                       help="freeze the embeddings and LM head (default: the profile's)")
     dist.add_argument("--data", nargs="+", help="text files/folders or a hub dataset id (default: the data/ corpus)")
@@ -138,8 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     dist.set_defaults(func=cmd_distill)
 
     run = sub.add_parser("run", help="run the whole study (notebooks 01-04, 06) with papermill")
-    run.add_argument("--profile", choices=("smoke", "quick", "paper"), default="quick",
-                     help="smoke: seconds on a tiny random model; quick: SmolLM2-135M on a CPU; paper: a GPU")
+    _add_profile_arg(run)
     run.add_argument("--out", help="folder for the executed notebooks and students (default outputs/<profile>)")
     run.add_argument("--teacher", help="hub id, local path, or smollm2-135m (default: the profile's)")
     run.add_argument("--student", help="the distilled student's directory (default <out>/student)")
@@ -154,17 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     ev = sub.add_parser("evaluate", help="evaluate every size of the family and the baselines into one table")
-    ev.add_argument("--profile", choices=("smoke", "quick", "paper"), default="quick",
-                    help="tasks and limit: smoke (seconds), quick (CPU default), paper (all tasks, no limit)")
+    _add_profile_arg(ev, "tasks and limit: smoke (seconds), quick (CPU default), paper (all tasks, no limit)")
     ev.add_argument("--teacher", help="hub id, local path, or smollm2-135m (default: the profile's)")
     ev.add_argument("--dtype", default="float32")
     who = ev.add_mutually_exclusive_group()
     who.add_argument("--student", help="the distilled student's directory (with its boomerang_plan.json)")
     who.add_argument("--student-init", choices=("teacher",), default="teacher",
                      help="no --student: the undistilled teacher-initialised student (paper plan below)")
-    ev.add_argument("--keep-first", type=int, default=1)
-    ev.add_argument("--keep-last", type=int, default=2)
-    ev.add_argument("--every", type=int, default=2)
+    _add_plan_args(ev)
     ev.add_argument("--methods", nargs="+", default=["boomerang"],
                     help="boomerang naive shortgpt random_init distilled (default boomerang)")
     ev.add_argument("--orders", nargs="+", default=["last"], help="patch orders, e.g. last first klpatch optimal")

@@ -256,7 +256,10 @@ def recipe_of(path: str | Path) -> dict:
 
 
 def run_name(path: str | Path) -> str:
-    """A short, location-independent name of a finished student: its directory name and a hash of its recipe."""
+    """A short, location-independent name of a finished student: its directory name and a hash of its recipe.
+    A model not distilled here (a hub id, a directory without distill_config.json) keeps the name it was given."""
+    if not (Path(path) / CONFIG_FILE).is_file():
+        return str(path)
     digest = hashlib.sha1(json.dumps(recipe_of(path), sort_keys=True).encode()).hexdigest()[:8]
     return f"{Path(path).name}@{digest}"
 

@@ -105,6 +105,7 @@ def test_a_finished_student_is_reused_only_for_the_same_recipe(tmp_path):
     moved.parent.mkdir()
     (tmp_path / "moved").rename(moved)
     assert run_name(moved) == name and name.startswith("s@")  # the name does not depend on the location
+    assert run_name("org/some-hub-student") == "org/some-hub-student"  # not distilled here: the name as given
     (tmp_path / "junk").mkdir()
     with pytest.raises(ValueError, match="not a distilled student"):
         tiny_run(tmp_path / "junk")

@@ -1,7 +1,9 @@
 """Evaluation: local lm-eval tasks, the wrapper's exactness, perplexity, the baselines, and resumable sweeps."""
 import copy
 import importlib
+import json
 import math
+from dataclasses import asdict
 
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ from torch import nn
 from boomerang_lab import Family, LayerPlan, init_student
 from boomerang_lab.adapters import get_adapter, layers_of, set_num_layers
 from boomerang_lab.cli import main
+from boomerang_lab.distill import CONFIG_FILE, profile, run_name
 from boomerang_lab.evaluate import (EVAL_PROFILES, LOCAL_TASKS, PPL_TASK, PerplexityConfig, block_influence,
                                     evaluate_lm, naive_pruning, perplexity, read_results, shortgpt, sweep,
                                     teacher_view)
@@ -329,3 +332,18 @@ def test_cli_evaluate_appends_to_the_table(tmp_path, capsys):
     main(argv)
     assert "0 evaluations run, 4 found" in capsys.readouterr().out
     assert len(read_results(results)) == len(table)
+
+
+def test_cli_evaluate_names_a_distilled_student_by_its_recipe(tmp_path):
+    teacher, tok = load_model("smollm2-tiny-random")
+    plan = LayerPlan.paper(8)
+    student_dir = tmp_path / "somewhere" / "student"
+    init_student(teacher, plan).save_pretrained(student_dir)
+    tok.save_pretrained(student_dir)
+    plan.save(student_dir)
+    (student_dir / CONFIG_FILE).write_text(json.dumps({"config": asdict(profile("smoke")), "plan": plan.to_dict()}))
+    results = tmp_path / "cli.csv"
+    main(["evaluate", "--profile", "smoke", "--teacher", "smollm2-tiny-random", "--student", str(student_dir),
+          "--tasks", PPL_TASK, "--ks", "0", "--results", str(results)])
+    assert set(read_results(results).student) == {run_name(student_dir)}
+    assert run_name(student_dir).startswith("student@")

@@ -71,20 +71,16 @@ def test_subset_kl_equals_kl_of_built_members(arch):
     torch.testing.assert_close(some, fast[[5, 0, 5]], rtol=0, atol=1e-6)
 
 
-def test_untied_head_and_embeddings_follow_the_end_blocks():
-    teacher = tiny_model("llama", 8, tie=False)
-    plan = LayerPlan.paper(8)
-    family = Family(teacher, perturb(init_student(teacher, plan)), plan)
-    calibration = ids(3)
-    torch.testing.assert_close(subset_kl(family, calibration, progress=False),
-                               torch.tensor(reference_table(family, calibration), dtype=torch.float64),
-                               rtol=0, atol=1e-6)
-
-
-def test_subset_kl_on_a_post_ln_encoder_without_final_norm():
+def _bert() -> BertForMaskedLM:
     torch.manual_seed(0)
-    teacher = BertForMaskedLM(BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=8, num_attention_heads=4,
-                                         intermediate_size=64, max_position_embeddings=32)).eval()
+    return BertForMaskedLM(BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=8, num_attention_heads=4,
+                                      intermediate_size=64, max_position_embeddings=32)).eval()
+
+
+@pytest.mark.parametrize("make_teacher", [lambda: tiny_model("llama", 8, tie=False), _bert],
+                         ids=["untied_head_follows_the_end_blocks", "post_ln_encoder_without_final_norm"])
+def test_subset_kl_on_other_layouts(make_teacher):
+    teacher = make_teacher()
     plan = LayerPlan.paper(8)
     family = Family(teacher, perturb(init_student(teacher, plan)), plan)
     calibration = ids(3)

@@ -27,6 +27,23 @@ def _split(name: str, rows: list[dict]) -> DatasetDict:
 
 
 @lru_cache(maxsize=None)
+def _as_is(split: str, relative: str) -> DatasetDict:
+    return _split(split, _jsonl(relative))
+
+
+def _file_task(split: str, relative: str):
+    """The loader of a file whose rows already have the stock dataset's fields."""
+    def load(**_) -> DatasetDict:
+        return _as_is(split, relative)
+    return load
+
+
+winogrande = _file_task("validation", "winogrande/dev.jsonl")
+lambada_openai = _file_task("test", "lambada/lambada_test.jsonl")
+rte = _file_task("validation", "rte/validation.jsonl")
+
+
+@lru_cache(maxsize=None)
 def _arc(level: str) -> DatasetDict:
     """ARC test: the file has no choice labels or answer keys, so labels are A, B, C... in the original order."""
     rows = []
@@ -70,11 +87,6 @@ def hellaswag(**_) -> DatasetDict:
 
 
 @lru_cache(maxsize=None)
-def winogrande(**_) -> DatasetDict:
-    return _split("validation", _jsonl("winogrande/dev.jsonl"))
-
-
-@lru_cache(maxsize=None)
 def boolq(**_) -> DatasetDict:
     """llm-foundry's `Passage: P\\nQuestion: Q?` split at the last `\\nQuestion: ` (one passage contains it)."""
     rows = []
@@ -92,16 +104,6 @@ def openbookqa(**_) -> DatasetDict:
                          "label": [c["label"] for c in d["question"]["choices"]]}}
             for d in _jsonl("openbookqa/test.jsonl")]
     return _split("test", rows)
-
-
-@lru_cache(maxsize=None)
-def lambada_openai(**_) -> DatasetDict:
-    return _split("test", _jsonl("lambada/lambada_test.jsonl"))
-
-
-@lru_cache(maxsize=None)
-def rte(**_) -> DatasetDict:
-    return _split("validation", _jsonl("rte/validation.jsonl"))
 
 
 @lru_cache(maxsize=None)
