@@ -79,7 +79,7 @@ def run_trainer(args) -> tuple[float, float]:
         config = DistillConfig(output_dir=str(Path(tmp, "student")), batch_size=args.batch, seq_len=args.seq_len,
                                max_steps=total, bf16=args.bf16, compile=args.compile, use_cpu=args.device == "cpu",
                                optim="adamw_torch_fused" if args.fused else "adamw_torch", save_steps=10 * total,
-                               log_steps=args.log_every,
+                               log_steps=args.log_every, freeze_embeddings=args.freeze_embeddings,
                                loss=LossConfig(chunk_tokens=args.chunk_tokens, compile=args.compile))
         distill(teacher, student, plan, data, config, callbacks=[clock])
     (w0, c0), (w1, c1) = clock.marks[args.warmup], clock.marks[total]
@@ -102,7 +102,11 @@ def run_baseline(args) -> tuple[float, float]:
     teacher, student, plan = pair(args.layers)
     teacher.to(args.device).eval().requires_grad_(False)
     student.to(args.device)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    if args.freeze_embeddings:
+        student.requires_grad_(False).model.layers.requires_grad_(True)
+        student.model.norm.requires_grad_(True)
+    trained = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
     generator = torch.Generator().manual_seed(0)
     start = None
     for step in range(args.warmup + args.steps):
@@ -117,7 +121,7 @@ def run_baseline(args) -> tuple[float, float]:
             s = student(input_ids=ids, output_hidden_states=True, use_cache=False)
             loss = naive_objective(s, t, ids, plan)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if (step + 1) % args.log_every == 0:
@@ -141,6 +145,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the models and the loss (Trainer path)")
     parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
                         help="fused AdamW (Trainer path)")
+    parser.add_argument("--freeze-embeddings", action="store_true",
+                        help="freeze the student's embeddings and head (the quick/paper default), in both modes")
     parser.add_argument("--chunk-tokens", type=int, default=LossConfig.chunk_tokens)
     parser.add_argument("--log-every", type=int, default=1, help="steps between loss logs (each one syncs)")
     parser.add_argument("--csv", default="results/bench_distill.csv")
@@ -164,6 +170,7 @@ def main() -> None:
         rows.append({"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": card, "mode": mode,
                      "batch": args.batch, "seq_len": args.seq_len, "layers": args.layers, "bf16": args.bf16,
                      "compile": args.compile and mode == "trainer", "fused": args.fused and mode == "trainer",
+                     "frozen_embeddings": args.freeze_embeddings,
                      "log_every": args.log_every, "steps": args.steps, "s_per_step": seconds / args.steps,
                      "cpu_s_per_step": cpu_seconds / args.steps,
                      "tokens_per_s": args.steps * args.batch * args.seq_len / seconds,

@@ -5,12 +5,14 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 import torch
+from accelerate.utils import compile_regions
 from datasets import Dataset, IterableDataset
 from transformers import (PreTrainedModel, PreTrainedTokenizerBase, ProgressCallback, Trainer, TrainerCallback,
                           TrainingArguments, default_data_collator)
@@ -61,6 +63,8 @@ class DistillConfig:
     activation_checkpointing: bool = False
     """Recompute the student's layers in backward: less memory, ~20% slower."""
     compile: bool = False
+    """torch.compile the student and the teacher one decoder layer at a time (regional compilation); the loss's
+    own arithmetic compiles with `loss.compile`."""
     use_cpu: bool = False
     save_steps: int = 100
     log_steps: int = 1
@@ -105,7 +109,7 @@ class DistillTrainer(Trainer):
         adapter = get_adapter(teacher)
         self.teacher_backbone = self.teacher.get_submodule(adapter.layers.rpartition(".")[0])
         if self.args.torch_compile:
-            self.teacher_backbone = torch.compile(self.teacher_backbone)
+            self.teacher_backbone = compile_regions(self.teacher_backbone)
         self.teacher_head = self.teacher.get_submodule(adapter.head)
         self.loss_config = loss_config
         self.alignment = plan.alignment()
@@ -113,6 +117,13 @@ class DistillTrainer(Trainer):
         self.teacher_states = sorted({t for _, t in self.alignment}) if loss_config.cos_weight else [-1]
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_count = 0
+
+    def _build_accelerator_args(self, **kwargs) -> dict:
+        """Compile the student by regions (one compilation serves every decoder layer), like the teacher."""
+        args = super()._build_accelerator_args(**kwargs)
+        if "dynamo_plugin" in args:
+            args["dynamo_plugin"].use_regional_compilation = True
+        return args
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ids, mask = inputs["input_ids"], inputs.get("attention_mask")
@@ -181,7 +192,9 @@ def distill(teacher: PreTrainedModel, student: PreTrainedModel, plan: LayerPlan,
         gradient_accumulation_steps=config.grad_accum, learning_rate=config.lr, lr_scheduler_type=config.scheduler,
         warmup_steps=config.warmup, adam_beta1=config.betas[0], adam_beta2=config.betas[1],
         weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm, optim=config.optim, bf16=config.bf16,
-        torch_compile=config.compile, activation_checkpointing=config.activation_checkpointing, use_cpu=config.use_cpu,
+        torch_compile=config.compile, activation_checkpointing=config.activation_checkpointing,
+        # Without an accelerator, use_cpu=False would leave each torchrun process training alone on the same files.
+        use_cpu=config.use_cpu or not torch.accelerator.is_available(),
         logging_steps=config.log_steps, save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
         seed=config.seed, report_to="none", remove_unused_columns=False, ddp_find_unused_parameters=False,
         dataloader_pin_memory=torch.cuda.is_available() and not config.use_cpu,
@@ -189,6 +202,10 @@ def distill(teacher: PreTrainedModel, student: PreTrainedModel, plan: LayerPlan,
     trainer = DistillTrainer(model=student, args=args, train_dataset=data, data_collator=default_data_collator,
                              processing_class=tokenizer, callbacks=list(callbacks), teacher=teacher, plan=plan,
                              loss_config=config.loss, teacher_dtype=config.teacher_dtype)
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") and not trainer.is_fsdp_enabled:
+        warnings.warn(f"FSDP was asked for (ACCELERATE_USE_FSDP), but accelerate shards only on GPUs and other "
+                      f"accelerators and runs this as {trainer.accelerator.distributed_type.value}: every process "
+                      f"holds the whole student and teacher.", stacklevel=2)
     if not args.disable_tqdm:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(TermsProgress)

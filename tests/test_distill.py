@@ -20,6 +20,7 @@ from boomerang_lab.adapters import get_adapter
 from boomerang_lab.cli import main
 from boomerang_lab.data import data_file
 from boomerang_lab.distill import LOG_FILE, _last_checkpoint, distill, profile, run_name
+from boomerang_lab.losses import LossConfig
 from boomerang_lab.models import load_model, load_student
 from boomerang_lab.plan import LayerPlan
 from boomerang_lab.student import init_student
@@ -36,7 +37,7 @@ def tiny_run(out: Path, batch_size: int = 4, steps: int = 6, callbacks=(), **ove
     ids = torch.randint(0, VOCAB, (64, 16), generator=torch.Generator().manual_seed(0))
     data = Dataset.from_dict({"input_ids": ids.tolist()})
     config = profile("smoke", output_dir=str(out), batch_size=batch_size, max_steps=steps, save_steps=2,
-                     use_cpu=True, **overrides)
+                     **{"use_cpu": True, **overrides})
     return distill(teacher, student, plan, data, config, callbacks=callbacks)
 
 
@@ -152,5 +153,30 @@ def test_two_processes_match_one_process(tmp_path):
         assert b[column].to_numpy() == pytest.approx(a[column].to_numpy(), rel=1e-4), column
 
 
+def test_compiled_run_matches_eager(tmp_path):
+    """compile=True (regional compilation of student and teacher) with a compiled loss trains the same student."""
+    from torch._dynamo.utils import counters
+
+    eager = tiny_run(tmp_path / "eager", steps=2)
+    graphs = counters["stats"]["unique_graphs"]
+    fast = tiny_run(tmp_path / "compiled", steps=2, compile=True, loss=LossConfig(compile=True))
+    assert counters["stats"]["unique_graphs"] > graphs  # it did compile
+    a, b = pd.read_csv(eager / LOG_FILE), pd.read_csv(fast / LOG_FILE)
+    for column in [*TERMS, "grad_norm"]:
+        assert b[column].to_numpy() == pytest.approx(a[column].to_numpy(), rel=1e-4), column
+    x, y = load_file(eager / "model.safetensors"), load_file(fast / "model.safetensors")
+    assert x.keys() == y.keys()  # saved without the compiled wrappers' names
+    for name in x:
+        torch.testing.assert_close(y[name], x[name], rtol=1e-4, atol=1e-5)
+
+
+def test_fsdp_that_accelerate_ignores_is_reported(tmp_path, monkeypatch):
+    """accelerate runs `--use_fsdp` on CPUs as plain data parallelism; the user is told, not left to find out."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.warns(UserWarning, match="FSDP was asked for.*whole student and teacher"):
+        tiny_run(tmp_path / "student", steps=1)
+
+
 if __name__ == "__main__":  # the 2-process worker: 2 sequences per process
-    tiny_run(Path(sys.argv[1]), batch_size=2, steps=3)
+    # Like `boomerang distill` without --cpu (use_cpu=False) where there is no GPU; with one, both stay on the CPU.
+    tiny_run(Path(sys.argv[1]), batch_size=2, steps=3, use_cpu=torch.accelerator.is_available())
