@@ -59,7 +59,7 @@ class Recipe:
 
 
 VARIANTS = {"paper": Recipe(), "keep_first=2": Recipe(keep_first=2), "frozen_embed_head": Recipe(freeze_embeddings=True),
-            "no_cosine": Recipe(cosine=False)}
+            "no_cosine": Recipe(cosine=False), "keep_first=2+frozen": Recipe(keep_first=2, freeze_embeddings=True)}
 
 
 @dataclass(frozen=True)
