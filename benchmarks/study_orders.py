@@ -94,8 +94,8 @@ def student_for(name: str, recipe: Recipe, args, teacher_name: str, tokenizer, l
     """The distilled student of this recipe (reused when its directory holds the same run), and the seconds spent."""
     plan = LayerPlan.paper(layers, keep_first=recipe.keep_first)
     loss = LossConfig() if recipe.cosine else LossConfig(cos_weight=0.0)
-    path = Path(args.work) / name.replace("=", "")
-    config = distill_profile(args.profile, teacher=teacher_name, output_dir=str(path), loss=loss,
+    path = Path(args.work) / (name.replace("=", "") + (f"_seed{args.seed}" if args.seed else ""))
+    config = distill_profile(args.profile, teacher=teacher_name, output_dir=str(path), loss=loss, seed=args.seed,
                              freeze_embeddings=recipe.freeze_embeddings, use_cpu=args.device == "cpu")
     if args.retrain:
         shutil.rmtree(path, ignore_errors=True)
@@ -195,6 +195,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work", default=None, help="where students are distilled (default: <cache>/study_orders/<profile>)")
     parser.add_argument("--search-batch", type=int, default=None,
                         help="calibration sequences per batch of the order search (default: 64 on cuda, 8 on cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="distillation seed (the order of the training blocks)")
     parser.add_argument("--retrain", action="store_true", help="distil again even if a student of the recipe exists")
     args = parser.parse_args(argv)
     args.work = args.work or str(cache_dir() / "study_orders" / args.profile)
