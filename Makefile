@@ -16,7 +16,19 @@ install: $(BIN)/.installed
 run: $(BIN)/.installed
 	$(BIN)/boomerang run --profile $(PROFILE)
 
+# The tests, then the lint step (CI runs `make test`, so both gate it).
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory lint
 
-.PHONY: install run test
+# ruff, configured in pyproject.toml: the linter, then the formatter in check mode (`ruff format .` fixes the latter).
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# JupyterLab on notebooks/ with the kit's environment (the notebooks' kernel is this venv's Python): the explorer is
+# notebooks/05_explore.ipynb.
+lab: $(BIN)/.installed
+	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
+
+.PHONY: install run test lint lab

@@ -10,6 +10,7 @@ state and both full-vocabulary logits materialised, unfused AdamW; it reached ~7
 The Trainer path keeps the teacher in bf16, asks it only for the aligned states and forms CE/KL in token chunks.
 Rows are appended to --csv (default results/bench_distill.csv).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,18 @@ from boomerang_lab.losses import LossConfig
 from boomerang_lab.plan import LayerPlan
 from boomerang_lab.student import init_student
 
-SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                    num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True,
-                    max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5)
+SMOLLM2_135M = dict(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    tie_word_embeddings=True,
+    max_position_embeddings=8192,
+    rope_theta=100000.0,
+    rms_norm_eps=1e-5,
+)
 
 
 def pair(layers: int) -> tuple[LlamaForCausalLM, LlamaForCausalLM, LayerPlan]:
@@ -71,16 +81,26 @@ def run_trainer(args) -> tuple[float, float]:
     """(wall, CPU) seconds for args.steps Trainer steps after args.warmup warm-up steps."""
     teacher, student, plan = pair(args.layers)
     total = args.warmup + args.steps
-    ids = torch.randint(0, SMOLLM2_135M["vocab_size"], (total * args.batch, args.seq_len),
-                        generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(
+        0, SMOLLM2_135M["vocab_size"], (total * args.batch, args.seq_len), generator=torch.Generator().manual_seed(0)
+    )
     data = Dataset.from_dict({"input_ids": ids}).with_format("torch")
     clock = Clock(args.warmup, args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        config = DistillConfig(output_dir=str(Path(tmp, "student")), batch_size=args.batch, seq_len=args.seq_len,
-                               max_steps=total, bf16=args.bf16, compile=args.compile, use_cpu=args.device == "cpu",
-                               optim="adamw_torch_fused" if args.fused else "adamw_torch", save_steps=10 * total,
-                               log_steps=args.log_every, freeze_embeddings=args.freeze_embeddings,
-                               loss=LossConfig(chunk_tokens=args.chunk_tokens, compile=args.compile))
+        config = DistillConfig(
+            output_dir=str(Path(tmp, "student")),
+            batch_size=args.batch,
+            seq_len=args.seq_len,
+            max_steps=total,
+            bf16=args.bf16,
+            compile=args.compile,
+            use_cpu=args.device == "cpu",
+            optim="adamw_torch_fused" if args.fused else "adamw_torch",
+            save_steps=10 * total,
+            log_steps=args.log_every,
+            freeze_embeddings=args.freeze_embeddings,
+            loss=LossConfig(chunk_tokens=args.chunk_tokens, compile=args.compile),
+        )
         distill(teacher, student, plan, data, config, callbacks=[clock])
     (w0, c0), (w1, c1) = clock.marks[args.warmup], clock.marks[total]
     return w1 - w0, c1 - c0
@@ -90,10 +110,18 @@ def naive_objective(s, t, ids: torch.Tensor, plan: LayerPlan) -> torch.Tensor:
     """CE + 0.1 KL + 2 mean(1 - cos) on full tensors, the straightforward way."""
     vocab = s.logits.shape[-1]
     ce = F.cross_entropy(s.logits[:, :-1].reshape(-1, vocab).float(), ids[:, 1:].reshape(-1))
-    kl = F.kl_div(F.log_softmax(s.logits.float(), -1).flatten(0, 1), F.log_softmax(t.logits.float(), -1).flatten(0, 1),
-                  log_target=True, reduction="batchmean")
-    cos = torch.stack([(1 - F.cosine_similarity(s.hidden_states[i].float(), t.hidden_states[j].float(), dim=-1)).mean()
-                       for i, j in plan.alignment()]).mean()
+    kl = F.kl_div(
+        F.log_softmax(s.logits.float(), -1).flatten(0, 1),
+        F.log_softmax(t.logits.float(), -1).flatten(0, 1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    cos = torch.stack(
+        [
+            (1 - F.cosine_similarity(s.hidden_states[i].float(), t.hidden_states[j].float(), dim=-1)).mean()
+            for i, j in plan.alignment()
+        ]
+    ).mean()
     return ce + 0.1 * kl + 2.0 * cos
 
 
@@ -143,10 +171,14 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=30, help="teacher layers (30 = SmolLM2-135M)")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bf16 autocast (default: on GPU only)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the models and the loss (Trainer path)")
-    parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
-                        help="fused AdamW (Trainer path)")
-    parser.add_argument("--freeze-embeddings", action="store_true",
-                        help="freeze the student's embeddings and head (the quick/paper default), in both modes")
+    parser.add_argument(
+        "--fused", action=argparse.BooleanOptionalAction, default=True, help="fused AdamW (Trainer path)"
+    )
+    parser.add_argument(
+        "--freeze-embeddings",
+        action="store_true",
+        help="freeze the student's embeddings and head (the quick/paper default), in both modes",
+    )
     parser.add_argument("--chunk-tokens", type=int, default=LossConfig.chunk_tokens)
     parser.add_argument("--log-every", type=int, default=1, help="steps between loss logs (each one syncs)")
     parser.add_argument("--csv", default="results/bench_distill.csv")
@@ -158,7 +190,7 @@ def main() -> None:
     print(f"torch {torch.__version__} on {card}; batch {args.batch} x {args.seq_len}, {args.layers} teacher layers")
 
     rows = []
-    for mode in (("trainer", "baseline") if args.mode == "both" else (args.mode,)):
+    for mode in ("trainer", "baseline") if args.mode == "both" else (args.mode,):
         if args.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         status, (seconds, cpu_seconds) = "ok", (float("nan"), float("nan"))
@@ -167,15 +199,27 @@ def main() -> None:
         except Exception as err:  # one failing configuration (e.g. compile, OOM) must not hide the other
             traceback.print_exc()
             status = f"failed: {type(err).__name__}: {str(err)[:200]}"
-        rows.append({"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": card, "mode": mode,
-                     "batch": args.batch, "seq_len": args.seq_len, "layers": args.layers, "bf16": args.bf16,
-                     "compile": args.compile and mode == "trainer", "fused": args.fused and mode == "trainer",
-                     "frozen_embeddings": args.freeze_embeddings,
-                     "log_every": args.log_every, "steps": args.steps, "s_per_step": seconds / args.steps,
-                     "cpu_s_per_step": cpu_seconds / args.steps,
-                     "tokens_per_s": args.steps * args.batch * args.seq_len / seconds,
-                     "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else float("nan"),
-                     "status": status})
+        rows.append(
+            {
+                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "device": card,
+                "mode": mode,
+                "batch": args.batch,
+                "seq_len": args.seq_len,
+                "layers": args.layers,
+                "bf16": args.bf16,
+                "compile": args.compile and mode == "trainer",
+                "fused": args.fused and mode == "trainer",
+                "frozen_embeddings": args.freeze_embeddings,
+                "log_every": args.log_every,
+                "steps": args.steps,
+                "s_per_step": seconds / args.steps,
+                "cpu_s_per_step": cpu_seconds / args.steps,
+                "tokens_per_s": args.steps * args.batch * args.seq_len / seconds,
+                "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else float("nan"),
+                "status": status,
+            }
+        )
         gc.collect()
         if args.device == "cuda":
             torch.cuda.empty_cache()

@@ -1,7 +1,8 @@
 """Build every member of SmolLM2's family (both orders): time and memory, against the paper's deep-copy way.
 
-    python benchmarks/bench_family.py [--teacher smollm2-135m]
+python benchmarks/bench_family.py [--teacher smollm2-135m]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,11 @@ def main() -> None:
     build_s, rss1 = time.perf_counter() - t0, rss_mib()
     storages = {p.untyped_storage().data_ptr() for m in members for p in m.parameters()}
     base = {p.untyped_storage().data_ptr() for m in (teacher, student) for p in m.parameters()}
-    print(f"zero-copy: built {len(members)} members in {build_s * 1e3:.1f} ms "
-          f"({build_s / len(members) * 1e3:.2f} ms each), RSS +{rss1 - rss0:.1f} MiB, "
-          f"new weight storages: {len(storages - base)}")
+    print(
+        f"zero-copy: built {len(members)} members in {build_s * 1e3:.1f} ms "
+        f"({build_s / len(members) * 1e3:.2f} ms each), RSS +{rss1 - rss0:.1f} MiB, "
+        f"new weight storages: {len(storages - base)}"
+    )
 
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -50,11 +53,17 @@ def main() -> None:
         m = copy.deepcopy(student)
         patched = family.order("last").patched(k)
         m.model.layers = torch.nn.ModuleList(
-            [copy.deepcopy(l) for j in range(plan.num_student_layers)
-             for l in ([layers_of(teacher)[i] for i in plan.block(j)] if j in patched else [layers_of(student)[j]])])
+            [
+                copy.deepcopy(l)
+                for j in range(plan.num_student_layers)
+                for l in ([layers_of(teacher)[i] for i in plan.block(j)] if j in patched else [layers_of(student)[j]])
+            ]
+        )
         del m
     copy_s = (time.perf_counter() - t0) / 3
-    print(f"deep-copy way: {copy_s * 1e3:.0f} ms per member; zero-copy is {copy_s / (build_s / len(members)):.0f}x faster")
+    print(
+        f"deep-copy way: {copy_s * 1e3:.0f} ms per member; zero-copy is {copy_s / (build_s / len(members)):.0f}x faster"
+    )
 
 
 if __name__ == "__main__":

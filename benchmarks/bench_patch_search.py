@@ -8,6 +8,7 @@ set 200 s, identical KL; per 128 tokens a layer 51 ms, head + logsumexp 470 ms, 
 
     python benchmarks/bench_patch_search.py --teacher smollm2-135m --device cpu --blocks 5 --sequences 2 --seq-len 64
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,15 +46,17 @@ def main() -> None:
     family = Family(teacher, init_student(teacher, plan), plan)
     calibration = calibration_set(tokenizer, args.sequences, args.seq_len)
     K = family.K
-    print(f"{args.teacher} on {args.device}: {K} blocks ({2 ** K} sets) of {plan}, {calibration.numel()} tokens")
+    print(f"{args.teacher} on {args.device}: {K} blocks ({2**K} sets) of {plan}, {calibration.numel()} tokens")
 
     subset_kl(family, calibration[:1, :8], [0], progress=False)  # warm-up
     fast, t_fast = timed(subset_kl, family, calibration, batch_size=args.sequences, progress=False)
-    orders = [Order.explicit([patched_layers(plan, m)] if m else [], plan) for m in range(2 ** K)]
+    orders = [Order.explicit([patched_layers(plan, m)] if m else [], plan) for m in range(2**K)]
     slow, t_slow = timed(lambda: [order_kl(family, o, calibration, args.sequences)[-1] for o in orders])
     error = (fast - torch.tensor(slow, dtype=torch.float64)).abs().max().item()
-    print(f"all {2 ** K} sets: walk {t_fast:.2f} s, a member per set {t_slow:.2f} s "
-          f"({t_slow / t_fast:.1f}x; the latter also reruns the teacher per set); max |difference| {error:.2e}")
+    print(
+        f"all {2**K} sets: walk {t_fast:.2f} s, a member per set {t_slow:.2f} s "
+        f"({t_slow / t_fast:.1f}x; the latter also reruns the teacher per set); max |difference| {error:.2e}"
+    )
 
     # Costs of the parts, to extrapolate to the full paper plan.
     member = family.build(0, "last")
@@ -61,16 +64,26 @@ def main() -> None:
     with torch.no_grad():
         _, t_member = timed(lambda: member(x, use_cache=False))
         hidden = torch.randn(*x.shape, teacher.config.hidden_size, device=args.device)
-        _, t_layer = timed(lambda: layers_of(teacher)[0](hidden, position_embeddings=teacher.model.rotary_emb(
-            hidden, torch.arange(x.shape[1], device=args.device)[None])))
+        _, t_layer = timed(
+            lambda: layers_of(teacher)[0](
+                hidden,
+                position_embeddings=teacher.model.rotary_emb(
+                    hidden, torch.arange(x.shape[1], device=args.device)[None]
+                ),
+            )
+        )
         _, t_head = timed(lambda: torch.logsumexp(teacher.lm_head(teacher.model.norm(hidden)).float(), -1))
     Kp = len(paper.multi_layer)
-    walk = (2 ** (Kp + 1) - 2) * 1.5 * t_layer + 2 ** Kp * t_head
-    naive = 2 ** Kp * t_member
-    print(f"per {calibration.numel()} tokens: layer {t_layer * 1e3:.1f} ms, head+logsumexp {t_head * 1e3:.1f} ms, "
-          f"member {t_member * 1e3:.1f} ms")
-    print(f"paper plan, K={Kp}: walk ~{walk / 60:.1f} min, a member per set ~{naive / 60:.1f} min "
-          f"for these {calibration.numel()} tokens (scale linearly with tokens)")
+    walk = (2 ** (Kp + 1) - 2) * 1.5 * t_layer + 2**Kp * t_head
+    naive = 2**Kp * t_member
+    print(
+        f"per {calibration.numel()} tokens: layer {t_layer * 1e3:.1f} ms, head+logsumexp {t_head * 1e3:.1f} ms, "
+        f"member {t_member * 1e3:.1f} ms"
+    )
+    print(
+        f"paper plan, K={Kp}: walk ~{walk / 60:.1f} min, a member per set ~{naive / 60:.1f} min "
+        f"for these {calibration.numel()} tokens (scale linearly with tokens)"
+    )
 
 
 if __name__ == "__main__":

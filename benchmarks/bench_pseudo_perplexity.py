@@ -3,6 +3,7 @@ the student (k=0) and the teacher (k=K), and the endpoints checked on the same d
 
     python benchmarks/bench_pseudo_perplexity.py [--tokens 2048] [--device cuda] [--dtype bfloat16]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,9 +12,9 @@ import time
 import torch
 from transformers import BertConfig, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
 
+from boomerang_lab.evaluate.pseudo_perplexity import MaskTokens, pseudo_perplexity
 from boomerang_lab.models import resolve_dtype
 from boomerang_lab.pairs import pair_family
-from boomerang_lab.pseudo_perplexity import MaskTokens, pseudo_perplexity
 
 WIKITEXT_BERT_TOKENS = 290_000  # rough bert-base-uncased wordpiece count of WikiText-2 test (241k words)
 
@@ -36,13 +37,16 @@ def main() -> None:
 
     x = torch.tensor([ids[:64]], device=args.device)
     with torch.no_grad():
-        gaps = [(family.build(k)(x).logits - m(x).logits).abs().max().item()
-                for k, m in [(0, student), (family.K, teacher)]]
-    print(f"{args.device} {torch.cuda.get_device_name() if args.device == 'cuda' else ''} {args.dtype}: "
-          f"max |logit diff| k=0 vs student {gaps[0]:.3g}, k=K vs teacher {gaps[1]:.3g}")
+        gaps = [
+            (family.build(k)(x).logits - m(x).logits).abs().max().item() for k, m in [(0, student), (family.K, teacher)]
+        ]
+    print(
+        f"{args.device} {torch.cuda.get_device_name() if args.device == 'cuda' else ''} {args.dtype}: "
+        f"max |logit diff| k=0 vs student {gaps[0]:.3g}, k=K vs teacher {gaps[1]:.3g}"
+    )
     for k in (0, family.K):
         member = family.build(k)
-        pseudo_perplexity(member, ids[:args.batch_size], special, args.window, args.batch_size)  # warm-up
+        pseudo_perplexity(member, ids[: args.batch_size], special, args.window, args.batch_size)  # warm-up
         if args.device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -50,8 +54,10 @@ def main() -> None:
         if args.device == "cuda":
             torch.cuda.synchronize()
         rate = args.tokens / (time.perf_counter() - t0)
-        print(f"k={k} ({len(member.bert.encoder.layer)} layers): {rate:,.0f} tokens/s, "
-              f"full WikiText-2 test (~{WIKITEXT_BERT_TOKENS:,} tokens) ~ {WIKITEXT_BERT_TOKENS / rate / 60:.1f} min")
+        print(
+            f"k={k} ({len(member.bert.encoder.layer)} layers): {rate:,.0f} tokens/s, "
+            f"full WikiText-2 test (~{WIKITEXT_BERT_TOKENS:,} tokens) ~ {WIKITEXT_BERT_TOKENS / rate / 60:.1f} min"
+        )
 
 
 if __name__ == "__main__":

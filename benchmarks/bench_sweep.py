@@ -7,6 +7,7 @@ as a zero-copy family member. Both sides include interpreter start-up and run th
 
     python benchmarks/bench_sweep.py --teacher smollm2-135m --max-tokens 2048 --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,16 @@ def all_sizes(args) -> None:
 
     family, tokenizer = load(args)
     with tempfile.TemporaryDirectory() as tmp:
-        table = sweep(family.teacher, tokenizer, family.student, family.plan, tasks=[PPL_TASK], ppl=ppl_config(args),
-                      results=Path(tmp) / "bench.csv", progress=False)
+        table = sweep(
+            family.teacher,
+            tokenizer,
+            family.student,
+            family.plan,
+            tasks=[PPL_TASK],
+            ppl=ppl_config(args),
+            results=Path(tmp) / "bench.csv",
+            progress=False,
+        )
     token = table[table.metric == "token_perplexity"]
     print(json.dumps(dict(zip(token.k.astype(int).astype(str), token.value))))
 
@@ -74,6 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         import torch
+
         torch.set_num_threads(args.threads)
     if args.worker:
         return one_size(args) if args.worker == "one" else all_sizes(args)
@@ -92,8 +102,18 @@ def main() -> None:
             plan.save(tmp)
             args.student = tmp
             del teacher
-        base = [sys.executable, __file__, "--teacher", args.teacher, "--student", args.student, "--max-tokens",
-                str(args.max_tokens), "--window", str(args.window)] + (["--threads", str(args.threads)] if args.threads else [])
+        base = [
+            sys.executable,
+            __file__,
+            "--teacher",
+            args.teacher,
+            "--student",
+            args.student,
+            "--max-tokens",
+            str(args.max_tokens),
+            "--window",
+            str(args.window),
+        ] + (["--threads", str(args.threads)] if args.threads else [])
         sweep_s, out = timed(base + ["--worker", "all"])
         swept = json.loads(out)
         per_size, per_s = {}, 0.0

@@ -4,6 +4,7 @@ Writes one tidy table (resumable: rerun to finish an interrupted run). The numbe
 
     python benchmarks/eval_endpoints.py --out benchmarks/results/teacher_vs_student_cpu.csv --limit 100
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,15 @@ def main() -> None:
     common = dict(ks=[0, len(plan.multi_layer)], methods=("boomerang",), teacher_name=args.teacher, results=args.out)
     start = time.perf_counter()
     sweep(teacher, tokenizer, None, plan, tasks=[PPL_TASK], ppl=PerplexityConfig(2048, 2048, args.ppl_tokens), **common)
-    sweep(teacher, tokenizer, None, plan, tasks=[t for t in LOCAL_TASKS if t != "wikitext_local"], limit=args.limit,
-          **common)
+    sweep(
+        teacher,
+        tokenizer,
+        None,
+        plan,
+        tasks=[t for t in LOCAL_TASKS if t != "wikitext_local"],
+        limit=args.limit,
+        **common,
+    )
     sweep(teacher, tokenizer, None, plan, tasks=["wikitext_local"], limit=5, **common)  # 5 whole documents
     print(f"done in {time.perf_counter() - start:.0f} s")
 

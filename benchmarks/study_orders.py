@@ -21,6 +21,7 @@ Students are kept in --work/<variant> and reused while their recipe is unchanged
 On one GPU the optimal search dominates: 2^K LM heads over the calibration tokens per variant (K=14 for keep_first=1,
 13 for keep_first=2); --calib-len trades its precision for time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,8 @@ from boomerang_lab import Family, LayerPlan, curve_quality, init_student, load_m
 from boomerang_lab.adapters import layers_of
 from boomerang_lab.atomic import atomic_write_text
 from boomerang_lab.curves import order_curves
-from boomerang_lab.distill import LOG_FILE, distill, finished, profile as distill_profile
+from boomerang_lab.distill import LOG_FILE, distill, finished
+from boomerang_lab.distill import profile as distill_profile
 from boomerang_lab.evaluate import EVAL_PROFILES, PerplexityConfig, perplexity, wikitext_text
 from boomerang_lab.losses import LossConfig
 from boomerang_lab.models import cache_dir, load_student
@@ -58,8 +60,13 @@ class Recipe:
     cosine: bool = True
 
 
-VARIANTS = {"paper": Recipe(), "keep_first=2": Recipe(keep_first=2), "frozen_embed_head": Recipe(freeze_embeddings=True),
-            "no_cosine": Recipe(cosine=False), "keep_first=2+frozen": Recipe(keep_first=2, freeze_embeddings=True)}
+VARIANTS = {
+    "paper": Recipe(),
+    "keep_first=2": Recipe(keep_first=2),
+    "frozen_embed_head": Recipe(freeze_embeddings=True),
+    "no_cosine": Recipe(cosine=False),
+    "keep_first=2+frozen": Recipe(keep_first=2, freeze_embeddings=True),
+}
 
 
 @dataclass(frozen=True)
@@ -71,8 +78,12 @@ class Settings:
     ppl: PerplexityConfig = EVAL_PROFILES["quick"].ppl
 
 
-SETTINGS = {"smoke": Settings(calib_sequences=8, calib_len=32, ppl=EVAL_PROFILES["smoke"].ppl),
-            "quick": Settings(), "paper": Settings(calib_len=256, ppl=EVAL_PROFILES["paper"].ppl)}
+SETTINGS = {
+    "smoke": Settings(calib_sequences=8, calib_len=32, ppl=EVAL_PROFILES["smoke"].ppl),
+    "quick": Settings(),
+    "paper": Settings(calib_len=256, ppl=EVAL_PROFILES["paper"].ppl),
+    "kit": Settings(calib_len=256, ppl=EVAL_PROFILES["kit"].ppl),
+}
 """quick: 64 x 64 calibration tokens keep the optimal search (2^K heads over them) to well under a minute on one GPU."""
 
 
@@ -83,7 +94,7 @@ def eval_text(tokenizer, max_tokens: int | None) -> str:
     full = tokenizer(text, return_offsets_mapping=True)
     if max_tokens is None or max_tokens + 64 >= len(full["input_ids"]):
         return text
-    prefix = text[:full["offset_mapping"][max_tokens + 64][1]]
+    prefix = text[: full["offset_mapping"][max_tokens + 64][1]]
     if tokenizer(prefix)["input_ids"][:max_tokens] != full["input_ids"][:max_tokens]:
         raise AssertionError("The cut text tokenises differently from the whole text; evaluate on the whole text.")
     return prefix
@@ -95,8 +106,15 @@ def student_for(name: str, recipe: Recipe, args, teacher_name: str, tokenizer, l
     plan = LayerPlan.paper(layers, keep_first=recipe.keep_first)
     loss = LossConfig() if recipe.cosine else LossConfig(cos_weight=0.0)
     path = Path(args.work) / (name.replace("=", "") + (f"_seed{args.seed}" if args.seed else ""))
-    config = distill_profile(args.profile, teacher=teacher_name, output_dir=str(path), loss=loss, seed=args.seed,
-                             freeze_embeddings=recipe.freeze_embeddings, use_cpu=args.device == "cpu")
+    config = distill_profile(
+        args.profile,
+        teacher=teacher_name,
+        output_dir=str(path),
+        loss=loss,
+        seed=args.seed,
+        freeze_embeddings=recipe.freeze_embeddings,
+        use_cpu=args.device == "cpu",
+    )
     if args.retrain:
         shutil.rmtree(path, ignore_errors=True)
     if finished(config, plan):
@@ -129,9 +147,18 @@ def study_variant(name: str, student_dir: Path, teacher, tokenizer, calibration,
             key = tuple(member.boomerang["patched"])
             if key not in ppl:
                 ppl[key] = perplexity(member, tokenizer, text, settings.ppl)
-            rows.append({"variant": name, "order": order, "k": k, "layers": int(sizes.layers[k]),
-                         "params": int(sizes.params[k]), "ppl": ppl[key]["token_perplexity"],
-                         "word_ppl": ppl[key]["word_perplexity"], "kl": kl[k]})
+            rows.append(
+                {
+                    "variant": name,
+                    "order": order,
+                    "k": k,
+                    "layers": int(sizes.layers[k]),
+                    "params": int(sizes.params[k]),
+                    "ppl": ppl[key]["token_perplexity"],
+                    "word_ppl": ppl[key]["word_perplexity"],
+                    "kl": kl[k],
+                }
+            )
     seconds["evaluate"] = time.perf_counter() - start
     steps = {o: [list(s) for s in orders[o].steps] for o in orders}
     return rows, {"kept": list(plan.kept), "K": family.K, "orders": steps}, seconds
@@ -152,16 +179,26 @@ def main(argv: list[str] | None = None) -> Path:
     teacher, tokenizer = load_model(teacher_name, device=args.device)
     calibration = calibration_set(tokenizer, settings.calib_sequences, settings.calib_len)
     text = eval_text(tokenizer, settings.ppl.max_tokens)
-    atomic_write_text(out / "study.json", json.dumps({**vars(args), "teacher": teacher_name, **asdict(settings),
-                                                      "variants": {v: asdict(VARIANTS[v]) for v in args.variants}},
-                                                     indent=2, default=str) + "\n")
+    atomic_write_text(
+        out / "study.json",
+        json.dumps(
+            {
+                **vars(args),
+                "teacher": teacher_name,
+                **asdict(settings),
+                "variants": {v: asdict(VARIANTS[v]) for v in args.variants},
+            },
+            indent=2,
+            default=str,
+        )
+        + "\n",
+    )
     rows, searched, logs = [], {}, []
     for name in args.variants:
         print(f"=== {name}: {VARIANTS[name]}", flush=True)
         path, distill_s = student_for(name, VARIANTS[name], args, teacher_name, tokenizer, len(layers_of(teacher)))
         logs.append(pd.read_csv(path / LOG_FILE).assign(variant=name))
-        variant_rows, orders, seconds = study_variant(name, path, teacher, tokenizer, calibration, text, args,
-                                                      settings)
+        variant_rows, orders, seconds = study_variant(name, path, teacher, tokenizer, calibration, text, args, settings)
         rows += variant_rows
         searched[name] = {**orders, "seconds": {"distill": distill_s, **seconds}}
         write(out, pd.DataFrame(rows), searched, pd.concat(logs))  # after each variant: partial results survive
@@ -184,17 +221,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="quick", choices=sorted(SETTINGS), help="distillation profile")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
-    parser.add_argument("--max-eval-tokens", type=int, default=None,
-                        help="wikitext-2 test tokens to score (default: the evaluation profile's)")
-    parser.add_argument("--calib-len", type=int, default=None, help="tokens per calibration sequence (64 sequences, smoke 8; "
-                        "default: smoke 32, quick 64, paper 256)")
+    parser.add_argument(
+        "--max-eval-tokens",
+        type=int,
+        default=None,
+        help="wikitext-2 test tokens to score (default: the evaluation profile's)",
+    )
+    parser.add_argument(
+        "--calib-len",
+        type=int,
+        default=None,
+        help="tokens per calibration sequence (64 sequences, smoke 8; default: smoke 32, quick 64, paper 256)",
+    )
     parser.add_argument("--out", required=True, help="folder for the CSVs, JSON and figure")
     parser.add_argument("--teacher", default=None, help="default: the profile's teacher")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--orders", nargs="+", default=list(ORDERS), choices=list(ORDERS))
-    parser.add_argument("--work", default=None, help="where students are distilled (default: <cache>/study_orders/<profile>)")
-    parser.add_argument("--search-batch", type=int, default=None,
-                        help="calibration sequences per batch of the order search (default: 64 on cuda, 8 on cpu)")
+    parser.add_argument(
+        "--work", default=None, help="where students are distilled (default: <cache>/study_orders/<profile>)"
+    )
+    parser.add_argument(
+        "--search-batch",
+        type=int,
+        default=None,
+        help="calibration sequences per batch of the order search (default: 64 on cuda, 8 on cpu)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="distillation seed (the order of the training blocks)")
     parser.add_argument("--retrain", action="store_true", help="distil again even if a student of the recipe exists")
     args = parser.parse_args(argv)

@@ -1,12 +1,25 @@
 """boomerang_lab: boomerang distillation — plan → student → distill → family → evaluate → plot."""
-from . import patch_search  # registers the searched orders "klpatch" and "optimal"
+
+from . import patch_search  # its register_order calls add the searched orders "klpatch" and "optimal"
 from .adapters import ADAPTERS, get_adapter
 from .curves import curve_quality
 from .explore import explore
-from .family import Family
+from .family import Family, register_order
 from .models import load_model
 from .orders import Order
 from .plan import LayerPlan
 from .student import init_student
 
-__all__ = ["ADAPTERS", "Family", "LayerPlan", "Order", "curve_quality", "explore", "get_adapter", "init_student", "load_model", "patch_search"]
+__all__ = [
+    "ADAPTERS",
+    "Family",
+    "LayerPlan",
+    "Order",
+    "curve_quality",
+    "explore",
+    "get_adapter",
+    "init_student",
+    "load_model",
+    "patch_search",
+    "register_order",
+]

@@ -1,4 +1,5 @@
 """Where each architecture keeps its layers, embeddings, final norm and head: one table, no per-model code."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,8 +50,10 @@ def get_adapter(model: nn.Module) -> Adapter:
                 f"(e.g. *ForCausalLM, BertForMaskedLM), not the bare backbone."
             ) from None
     if getattr(config, "scale_attn_by_inverse_layer_idx", False):
-        raise ValueError("GPT-2 models with scale_attn_by_inverse_layer_idx=True tie weights to a layer's position; "
-                         "their layers cannot be moved between models.")
+        raise ValueError(
+            "GPT-2 models with scale_attn_by_inverse_layer_idx=True tie weights to a layer's position; "
+            "their layers cannot be moved between models."
+        )
     return adapter
 
 

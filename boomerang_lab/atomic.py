@@ -1,4 +1,5 @@
 """Write files so that a reader never sees a half-written one."""
+
 from __future__ import annotations
 
 import os

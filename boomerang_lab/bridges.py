@@ -6,6 +6,7 @@ BERT's do. Its BERT view runs the student's weights through BERT's code (BERT's 
 handling and MLM head), gives the student's outputs (in eval mode), and a member mixing it with BERT layers is a real
 BertForMaskedLM that saves and loads as one.
 """
+
 from __future__ import annotations
 
 import copy
@@ -48,9 +49,14 @@ BRIDGES: dict[tuple[str, str], Bridge] = {
             "cls.predictions.bias": "vocab_projector.bias",
         },
         zeros=("bert.embeddings.token_type_embeddings.weight", "bert.embeddings.token_type_ids"),
-        config={"hidden_size": "dim", "num_attention_heads": "n_heads", "intermediate_size": "hidden_dim",
-                "hidden_act": "activation", "vocab_size": "vocab_size",
-                "max_position_embeddings": "max_position_embeddings"},
+        config={
+            "hidden_size": "dim",
+            "num_attention_heads": "n_heads",
+            "intermediate_size": "hidden_dim",
+            "hidden_act": "activation",
+            "vocab_size": "vocab_size",
+            "max_position_embeddings": "max_position_embeddings",
+        },
     ),
 }
 """(teacher model_type, student model_type) -> Bridge."""
@@ -64,8 +70,10 @@ def as_teacher_class(teacher: PreTrainedModel, student: PreTrainedModel) -> PreT
     for field, student_field in bridge.config.items():
         ours, theirs = getattr(teacher.config, field), getattr(student.config, student_field)
         if ours != theirs:
-            raise ValueError(f"Interpolation needs matching widths and layer shapes: teacher {field}={ours}, "
-                             f"student {student_field}={theirs}.")
+            raise ValueError(
+                f"Interpolation needs matching widths and layer shapes: teacher {field}={ours}, "
+                f"student {student_field}={theirs}."
+            )
     num_layers = student.config.num_hidden_layers
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = num_layers
@@ -78,13 +86,16 @@ def as_teacher_class(teacher: PreTrainedModel, student: PreTrainedModel) -> PreT
     reference = next(student.parameters())
     for path in bridge.zeros:
         like = _get(view, path)
-        zero = torch.zeros(like.shape, dtype=reference.dtype if like.is_floating_point() else like.dtype,
-                           device=reference.device)
+        zero = torch.zeros(
+            like.shape, dtype=reference.dtype if like.is_floating_point() else like.dtype, device=reference.device
+        )
         _set(view, path, nn.Parameter(zero, requires_grad=False) if isinstance(like, nn.Parameter) else zero)
     left = [name for name, t in [*view.named_parameters(), *view.named_buffers()] if t.is_meta]
     if left:
-        raise RuntimeError(f"The {student.config.model_type} -> {teacher.config.model_type} bridge leaves {left} "
-                           f"unset; this transformers version lays the models out differently.")
+        raise RuntimeError(
+            f"The {student.config.model_type} -> {teacher.config.model_type} bridge leaves {left} "
+            f"unset; this transformers version lays the models out differently."
+        )
     return view.train(student.training)
 
 
@@ -93,8 +104,10 @@ def _get(model: nn.Module, path: str):
     try:
         return getattr(model.get_submodule(parent), name)
     except AttributeError:
-        raise ValueError(f"{type(model).__name__} has no {path!r}: bridging needs the masked-LM model "
-                         f"(e.g. DistilBertForMaskedLM), not the bare backbone.") from None
+        raise ValueError(
+            f"{type(model).__name__} has no {path!r}: bridging needs the masked-LM model "
+            f"(e.g. DistilBertForMaskedLM), not the bare backbone."
+        ) from None
 
 
 def _set(model: nn.Module, path: str, value) -> None:

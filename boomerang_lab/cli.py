@@ -1,8 +1,13 @@
 """The `boomerang` command line: one subcommand per pipeline stage."""
+
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .plan import LayerPlan
 
 
 def cmd_sizes(args: argparse.Namespace) -> None:
@@ -21,38 +26,46 @@ def cmd_sizes(args: argparse.Namespace) -> None:
 
 def cmd_distill(args: argparse.Namespace) -> None:
     """Distil a student from the teacher with a profile's recipe (rerun the same command to resume)."""
-    from dataclasses import replace
-
-    from .distill import distill, profile
+    from .distill import distill
     from .models import load_model
     from .student import init_student
     from .text_data import packed_blocks
 
-    chosen = {"max_steps": args.max_steps, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
-              "seq_len": args.seq_len, "lr": args.lr, "seed": args.seed, "bf16": args.bf16, "teacher": args.teacher,
-              "freeze_embeddings": args.freeze_embeddings}
-    config = profile(args.profile, output_dir=args.out or f"runs/{args.profile}/student",
-                     student_init=args.student_init, use_cpu=args.cpu,
-                     **{k: v for k, v in chosen.items() if v is not None})
-    weights = {"ce_weight": 0.0 if args.no_ce else None, "temperature": args.temperature,
-               "kl_weight": 0.0 if args.no_kl else args.kl_weight, "cos_weight": 0.0 if args.no_cos else args.cos_weight}
-    config = replace(config, loss=replace(config.loss, **{k: v for k, v in weights.items() if v is not None}))
+    chosen = get_profile(args.profile, distill=_field_overrides(args, "distill"), plan=_field_overrides(args, "plan"))
+    config = chosen.distill
+    switched_off = {f"{term}_weight": 0.0 for term in ("ce", "kl", "cos") if getattr(args, f"no_{term}")}
+    run = {
+        "output_dir": args.out or f"runs/{chosen.name}/student",
+        "use_cpu": args.cpu or config.use_cpu,
+        "loss": switched_off,
+    }
+    config = get_profile(chosen, distill=run).distill
     teacher, tokenizer = load_model(config.teacher)
-    plan = _plan(args, teacher)
+    plan = chosen.layer_plan(len(_layers(teacher)))
     student = init_student(teacher, plan, random_init=config.student_init == "random", seed=config.seed)
-    data = packed_blocks(tokenizer, args.data, config.seq_len, name=args.data_config, split=args.split,
-                         text_field=args.text_field)
-    print(f"teacher {config.teacher}: {plan}; {config.max_steps} steps of {config.batch_size}x{config.seq_len} tokens")
+    data = packed_blocks(
+        tokenizer,
+        args.data,
+        config.seq_len,
+        name=args.data_config,
+        split=args.split,
+        text_field=args.text_field,
+        packing=config.packing,
+    )
+    print(
+        f"teacher {config.teacher}: {plan}; {config.max_steps} steps of {config.batch_size}x{config.grad_accum}"
+        f"x{config.seq_len} tokens"
+    )
     out = distill(teacher, student, plan, data, config, tokenizer)
     print(f"Student written to {out}")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    """Execute the notebooks 01→04 and 06 with papermill for a profile, into an output folder."""
+    """Execute the notebooks 01→07 with papermill for a profile, into an output folder."""
     from .pipeline import PipelineError, run
 
-    options = {k: v for k, v in vars(args).items() if k in ("out", "teacher", "student", "random_init", "tasks", "limit",
-                                                           "orders", "results", "figures") and v is not None}
+    names = ("out", "teacher", "student", "random_init", "tasks", "limit", "orders", "results", "figures", "publish")
+    options = {k: v for k, v in vars(args).items() if k in names and v is not None}
     try:
         out = run(args.profile, **options)
     except PipelineError as err:
@@ -66,23 +79,85 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     from .distill import run_name
     from .evaluate import SweepConfig, sweep
-    from .models import TINY, load_model, load_student
+    from .models import load_model, load_student
 
-    teacher_name = args.teacher or (TINY if args.profile == "smoke" else "smollm2-135m")
+    chosen = get_profile(args.profile, plan=_field_overrides(args, "plan"))
+    teacher_name = args.teacher or chosen.teacher
     teacher, tokenizer = load_model(teacher_name, dtype=args.dtype)
     if args.student:
         student, _, plan = load_student(args.student, dtype=args.dtype)
     else:
         student = None  # the teacher-initialised student, shared with the teacher (no copy)
-        plan = _plan(args, teacher)
+        plan = chosen.layer_plan(len(_layers(teacher)))
     random_student = load_model(args.random_student, dtype=args.dtype)[0] if args.random_student else None
     distilled = {Path(d).name: load_model(d, dtype=args.dtype)[0] for d in args.distilled or []}
-    config = SweepConfig(profile=args.profile, tasks=args.tasks, limit=args.limit, methods=args.methods,
-                         orders=args.orders, ks=args.ks, batch_size=args.batch_size,
-                         results=args.results or f"results/{args.profile}.csv")
-    sweep(teacher, tokenizer, student, plan, config, random_student=random_student, distilled=distilled or None,
-          teacher_name=teacher_name, student_name=run_name(args.student) if args.student else None,
-          random_name=run_name(args.random_student) if args.random_student else None)
+    config = SweepConfig(
+        profile=args.profile,
+        tasks=args.tasks,
+        limit=args.limit,
+        methods=args.methods,
+        orders=args.orders or chosen.pipeline.orders,
+        ks=args.ks,
+        batch_size=args.batch_size,
+        results=args.results or f"results/{chosen.name}.csv",
+    )
+    sweep(
+        teacher,
+        tokenizer,
+        student,
+        plan,
+        config,
+        random_student=random_student,
+        distilled=distilled or None,
+        teacher_name=teacher_name,
+        student_name=run_name(args.student) if args.student else None,
+        random_name=run_name(args.random_student) if args.random_student else None,
+    )
+
+
+def cmd_profiles(args: argparse.Namespace) -> None:
+    """Print every profile's values (one column each), or one profile as YAML to start a file from."""
+    from .profiles import PROFILES, table
+
+    if args.show:
+        import yaml
+
+        data = get_profile(args.show).to_dict()
+        del data["name"]  # a file's profile is named after the file (outputs/<stem>, results/<stem>.csv)
+        print(
+            f"# `boomerang profiles --show {args.show}`: edit, then pass the file as --profile (its name is the "
+            f"file's stem).\n" + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=120),
+            end="",
+        )
+        return
+    names = args.names or list(PROFILES)
+    chosen = [get_profile(n) for n in names]
+    for profile in chosen:
+        print(f"{profile.name}: {profile.description}")
+    frame = table(names, help=args.help_text).drop(index=["name", "description"])
+    frame.columns = [p.name for p in chosen] + (["help"] if args.help_text else [])
+    print()
+    print(_markdown(frame))
+
+
+def get_profile(name, **overrides):
+    """`profiles.get`, imported on use (it loads torch and transformers)."""
+    from .profiles import get
+
+    return get(name, **overrides)
+
+
+def _markdown(frame) -> str:
+    header = ["field", *map(str, frame.columns)]
+    rows = [[str(i), *map(str, row)] for i, row in zip(frame.index, frame.itertuples(index=False))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _layers(model):
+    from .adapters import layers_of
+
+    return layers_of(model)
 
 
 def _limit(text: str) -> int | float:
@@ -91,13 +166,13 @@ def _limit(text: str) -> int | float:
     return int(value) if value.is_integer() else value
 
 
-def _plan(args: argparse.Namespace, teacher) -> "LayerPlan":
+def _plan(args: argparse.Namespace, teacher) -> LayerPlan:
     """The paper-style plan the --keep-first/--keep-last/--every flags describe, for this teacher."""
-    from .adapters import layers_of
-    from .plan import LayerPlan
+    from .plan import LayerPlan  # noqa: F811
 
-    return LayerPlan.paper(len(layers_of(teacher)), keep_first=args.keep_first, keep_last=args.keep_last,
-                           every=args.every)
+    return LayerPlan.paper(
+        len(_layers(teacher)), keep_first=args.keep_first, keep_last=args.keep_last, every=args.every
+    )
 
 
 def _add_plan_args(parser: argparse.ArgumentParser) -> None:
@@ -106,13 +181,102 @@ def _add_plan_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--every", type=int, default=2, help="keep every n-th layer in between (paper: 2)")
 
 
-def _add_profile_arg(parser: argparse.ArgumentParser, help: str = "smoke: seconds on a tiny random model; quick: "
-                     "SmolLM2-135M on a CPU; paper: a GPU") -> None:
-    parser.add_argument("--profile", choices=("smoke", "quick", "paper"), default="quick", help=help)
+PROFILE_HELP = (
+    "a built-in profile (smoke: seconds on a tiny random model; quick: the kit's recipe on a CPU; kit: "
+    "the kit's recipe on a GPU; paper: the paper's recipe; paper-llama: with its Llama settings) or a "
+    ".yaml/.json profile file; `boomerang profiles` lists their values"
+)
+
+
+def _add_profile_arg(parser: argparse.ArgumentParser, help: str = PROFILE_HELP) -> None:
+    parser.add_argument("--profile", default="quick", metavar="NAME|FILE", help=help)
+
+
+# --- flags generated from the profile's dataclasses ----------------------------------------------------------------
+def _add_field_args(
+    parser: argparse.ArgumentParser, section: str, skip: tuple[str, ...] = (), title: str | None = None
+) -> None:
+    """One flag per leaf field of the profile's `section` (distill, plan, ...), named after the field, with the
+    field's help text; a nested field whose name is taken gets its parent's prefix (--loss-compile). The value is
+    checked against the field's type when the profile is built."""
+    from .profiles import Profile, field_rows
+
+    rows = [
+        (path.removeprefix(f"{section}."), tp, help)
+        for path, tp, help in field_rows(Profile)
+        if path.startswith(f"{section}.")
+    ]
+    rows = [r for r in rows if r[0] not in skip]
+    leaves = [path.rpartition(".")[2] for path, _, _ in rows]
+    group = parser.add_argument_group(title or f"{section} settings (default: the profile's)")
+    for (path, tp, help), leaf in zip(rows, leaves):
+        name = leaf if "." not in path or leaves.count(leaf) == 1 else path.replace(".", "-")
+        flag = "--" + name.replace("_", "-")
+        group.add_argument(
+            flag,
+            dest=f"field:{section}.{path}",
+            default=None,
+            help=(help or "(no help text)").replace("%", "%%"),
+            **_arg_kind(tp),
+        )
+
+
+def _arg_kind(tp) -> dict:
+    import types
+    import typing
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        if set(rest) == {int, float}:
+            return {"type": _limit, "metavar": "N"}
+        if len(rest) == 1:
+            return _arg_kind(rest[0])
+        return {"type": _literal}
+    if tp is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if tp in (int, float, str):
+        return {"type": tp, "metavar": tp.__name__.upper()}
+    if origin in (tuple, list):
+        item = args[0] if args else str
+        count = len(args) if origin is tuple and args and (len(args) != 2 or args[1] is not Ellipsis) else "+"
+        kind = item if item in (int, float, str) else _literal
+        name = kind.__name__.upper() if kind is not _literal else "VALUE"
+        return {"nargs": count, "type": kind, "metavar": tuple([name] * count) if count != "+" else name}
+    return {"type": _literal}
+
+
+def _literal(text: str):
+    """A value of a type the flag cannot name: read as YAML (a number, true/false, null, a list, a mapping)."""
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _field_overrides(args: argparse.Namespace, section: str) -> dict:
+    """The nested mapping of the `section` fields given on the command line."""
+    out: dict = {}
+    for dest, value in vars(args).items():
+        if not dest.startswith(f"field:{section}.") or value is None:
+            continue
+        *parents, leaf = dest.removeprefix(f"field:{section}.").split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="boomerang", description=__doc__)
+    from .profiles import PROFILES, fields_help
+
+    epilog = (
+        "profiles: " + ", ".join(PROFILES) + " or a .yaml/.json file (`boomerang profiles` prints their "
+        "values).\nA profile's fields:\n" + fields_help()
+    )
+    parser = argparse.ArgumentParser(
+        prog="boomerang", description=__doc__, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     sizes = sub.add_parser("sizes", help="print the sizes of the interpolated family")
@@ -122,65 +286,95 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan_args(sizes)
     sizes.set_defaults(func=cmd_sizes)
 
-    dist = sub.add_parser("distill", help="distil a student from the teacher (CE + KL + cosine alignment)")
+    dist = sub.add_parser(
+        "distill",
+        help="distil a student from the teacher (CE + KL + cosine alignment)",
+        description="Distil a student with a profile's recipe; every flag below the data options "
+        "changes one field of it (rerun the same command to resume).",
+    )
     _add_profile_arg(dist)
-    dist.add_argument("--teacher", help="hub id, local path, or smollm2-135m (default: the profile's)")
     dist.add_argument("--out", help="the student directory to write (default runs/<profile>/student)")
-    dist.add_argument("--student-init", choices=("teacher", "random"), default="teacher",
-                      help="keep the teacher's layers (paper) or start from random weights (ablation)")
-    _add_plan_args(dist)
-    dist.add_argument("--freeze-embeddings", action=argparse.BooleanOptionalAction,
-                      help="freeze the embeddings and LM head (default: the profile's)")
+    dist.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
     dist.add_argument("--data", nargs="+", help="text files/folders or a hub dataset id (default: the data/ corpus)")
     dist.add_argument("--data-config", help="hub dataset configuration name")
     dist.add_argument("--split", default="train", help="hub dataset split (never an evaluation split)")
     dist.add_argument("--text-field", default="text", help="hub dataset text column")
-    for flag, kind in (("--max-steps", int), ("--batch-size", int), ("--grad-accum", int), ("--seq-len", int),
-                       ("--lr", float), ("--seed", int), ("--kl-weight", float), ("--cos-weight", float),
-                       ("--temperature", float)):
-        dist.add_argument(flag, type=kind, help="(default: the profile's)")
     for term in ("ce", "kl", "cos"):
         dist.add_argument(f"--no-{term}", action="store_true", help=f"switch the {term} term off")
-    dist.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bf16 autocast (default: the profile's)")
-    dist.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
+    _add_field_args(dist, "distill", skip=("output_dir", "use_cpu"), title="the recipe (default: the profile's)")
+    _add_field_args(dist, "plan", title="the student's layers (default: the profile's)")
     dist.set_defaults(func=cmd_distill)
 
-    run = sub.add_parser("run", help="run the whole study (notebooks 01-04, 06) with papermill")
+    run = sub.add_parser("run", help="run the whole study (notebooks 01-07) with papermill")
     _add_profile_arg(run)
     run.add_argument("--out", help="folder for the executed notebooks and students (default outputs/<profile>)")
     run.add_argument("--teacher", help="hub id, local path, or smollm2-135m (default: the profile's)")
     run.add_argument("--student", help="the distilled student's directory (default <out>/student)")
     run.add_argument("--tasks", nargs="+", help="evaluation tasks (default: the profile's)")
     run.add_argument("--limit", type=_limit, help="examples per task, or a fraction (default: the profile's)")
-    run.add_argument("--random-init", action=argparse.BooleanOptionalAction,
-                     help="distil a random-init student for that baseline (default: smoke and paper only)")
-    run.add_argument("--orders", nargs="+", help="patch orders to evaluate: last, first, klpatch, optimal "
-                                                 "(default: last; paper: all four)")
+    run.add_argument(
+        "--random-init",
+        action=argparse.BooleanOptionalAction,
+        help="distil a random-init student for that baseline (default: smoke and paper only)",
+    )
+    run.add_argument(
+        "--orders", nargs="+", help="patch orders to evaluate: last, first, klpatch, optimal (default: the profile's)"
+    )
     run.add_argument("--results", help="results table (default results/<profile>.csv)")
     run.add_argument("--figures", help="figures folder (default figures/ for quick)")
+    run.add_argument(
+        "--publish",
+        action=argparse.BooleanOptionalAction,
+        help="write the executed notebooks, cleaned, over notebooks/ (default: only for the main job, "
+        "the quick profile with every default)",
+    )
     run.set_defaults(func=cmd_run)
 
     ev = sub.add_parser("evaluate", help="evaluate every size of the family and the baselines into one table")
-    _add_profile_arg(ev, "tasks and limit: smoke (seconds), quick (CPU default), paper (all tasks, no limit)")
+    _add_profile_arg(ev, PROFILE_HELP + "; its tasks, limit, batch size, orders and plan are the defaults")
     ev.add_argument("--teacher", help="hub id, local path, or smollm2-135m (default: the profile's)")
     ev.add_argument("--dtype", default="float32")
     who = ev.add_mutually_exclusive_group()
     who.add_argument("--student", help="the distilled student's directory (with its boomerang_plan.json)")
-    who.add_argument("--student-init", choices=("teacher",), default="teacher",
-                     help="no --student: the undistilled teacher-initialised student (paper plan below)")
-    _add_plan_args(ev)
-    ev.add_argument("--methods", nargs="+", default=["boomerang"],
-                    help="boomerang naive shortgpt random_init distilled (default boomerang)")
-    ev.add_argument("--orders", nargs="+", default=["last"], help="patch orders, e.g. last first klpatch optimal")
+    who.add_argument(
+        "--student-init",
+        choices=("teacher",),
+        default="teacher",
+        help="no --student: the undistilled teacher-initialised student (the profile's plan)",
+    )
+    _add_field_args(ev, "plan", title="the student's layers without --student (default: the profile's)")
+    ev.add_argument(
+        "--methods",
+        nargs="+",
+        default=["boomerang"],
+        help="boomerang naive shortgpt random_init distilled (default boomerang)",
+    )
+    ev.add_argument(
+        "--orders", nargs="+", help="patch orders, e.g. last first klpatch optimal (default: the profile's)"
+    )
     ev.add_argument("--ks", nargs="+", type=int, help="sizes to evaluate (default all)")
-    ev.add_argument("--tasks", nargs="+",
-                    help="wikitext_ppl, *_local tasks (offline) or stock lm-eval names (default: the profile's)")
+    ev.add_argument(
+        "--tasks",
+        nargs="+",
+        help="wikitext_ppl, *_local tasks (offline) or stock lm-eval names (default: the profile's)",
+    )
     ev.add_argument("--limit", type=_limit, help="examples per lm-eval task, or a fraction (default: the profile's)")
     ev.add_argument("--random-student", help="a student distilled from random init (method random_init)")
     ev.add_argument("--distilled", nargs="+", help="standard-distillation student directories (method distilled)")
-    ev.add_argument("--batch-size", type=int, default=1, help="lm-eval batch size")
+    ev.add_argument("--batch-size", type=int, help="lm-eval batch size (default: the profile's)")
     ev.add_argument("--results", help="results table, .csv or .parquet (default results/<profile>.csv)")
     ev.set_defaults(func=cmd_evaluate)
+
+    prof = sub.add_parser(
+        "profiles",
+        help="print every profile's values, or one as YAML (--show)",
+        description="The built-in profiles side by side (docs/profiles.md explains them); "
+        "--show NAME prints one as YAML, a file to edit and pass as --profile.",
+    )
+    prof.add_argument("names", nargs="*", metavar="NAME|FILE", help="profiles to show (default: every built-in one)")
+    prof.add_argument("--show", metavar="NAME|FILE", help="print this profile as YAML")
+    prof.add_argument("--help-text", action="store_true", help="add each field's help as a column")
+    prof.set_defaults(func=cmd_profiles)
     return parser
 
 

@@ -1,4 +1,5 @@
 """Size–quality curves of patch orders: how smooth each is (monotonicity, area to the straight line), and a figure."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -9,8 +10,13 @@ import pandas as pd
 import seaborn as sns
 
 
-def curve_quality(table: pd.DataFrame, metric: str = "ppl", by: Sequence[str] = ("order",),
-                  lower_is_better: bool = True, x: str = "layers") -> pd.DataFrame:
+def curve_quality(
+    table: pd.DataFrame,
+    metric: str = "ppl",
+    by: Sequence[str] = ("order",),
+    lower_is_better: bool = True,
+    x: str = "layers",
+) -> pd.DataFrame:
     """One row per curve (group of `by`), its points taken in order of k (k=0 the student, the largest k the teacher).
 
     The size column `x` must increase with k. It is "layers" by default because "params" need not increase: a member
@@ -32,15 +38,24 @@ def curve_quality(table: pd.DataFrame, metric: str = "ppl", by: Sequence[str] = 
         curve = curve.sort_values("k")
         size, value = curve[x].to_numpy(float), curve[metric].to_numpy(float)
         if len(curve) < 2 or value[-1] == value[0] or (np.diff(size) <= 0).any():
-            raise ValueError(f"Curve {dict(zip(by, key))} needs {x} increasing with k and end points that differ in "
-                             f"{metric}; got {x} {size.tolist()}, {metric} {value.tolist()}.")
+            raise ValueError(
+                f"Curve {dict(zip(by, key))} needs {x} increasing with k and end points that differ in "
+                f"{metric}; got {x} {size.tolist()}, {metric} {value.tolist()}."
+            )
         share = (size - size[0]) / (size[-1] - size[0])
         y = (value - value[-1]) / (value[0] - value[-1])
         worse = np.diff(value) * (1 if lower_is_better else -1)
         d = y - (1 - share)
-        rows.append({**dict(zip(by, key)), "sizes": len(curve), "violations": int((worse > 0).sum()),
-                     "worst_violation": float(max(worse.max(), 0) / abs(value[0] - value[-1])),
-                     "area": _integral(share, np.abs(d), d), "signed_area": _integral(share, d)})
+        rows.append(
+            {
+                **dict(zip(by, key)),
+                "sizes": len(curve),
+                "violations": int((worse > 0).sum()),
+                "worst_violation": float(max(worse.max(), 0) / abs(value[0] - value[-1])),
+                "area": _integral(share, np.abs(d), d),
+                "signed_area": _integral(share, d),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -51,33 +66,50 @@ def _integral(x: np.ndarray, f: np.ndarray, linear: np.ndarray | None = None) ->
         return float(((f0 + f1) / 2 * dx).sum())
     crossing = linear[:-1] * linear[1:] < 0
     # Across a sign change the |line| is two triangles: (f0^2 + f1^2) / (2 (f0 + f1)) per unit of x.
-    segment = np.where(crossing, (f0 ** 2 + f1 ** 2) / np.where(crossing, 2 * (f0 + f1), 1), (f0 + f1) / 2)
+    segment = np.where(crossing, (f0**2 + f1**2) / np.where(crossing, 2 * (f0 + f1), 1), (f0 + f1) / 2)
     return float((segment * dx).sum())
 
 
-def order_curves(table: pd.DataFrame, metrics: Sequence[str] = ("ppl",), panel: str | None = "variant",
-                 by: str = "order", x: str = "params"):
+def order_curves(
+    table: pd.DataFrame,
+    metrics: Sequence[str] = ("ppl",),
+    panel: str | None = "variant",
+    by: str = "order",
+    x: str = "params",
+):
     """A grid of each metric against size `x` (log y where positive): one row per metric, one column per `panel`
     value, one line per `by` value, and the straight student–teacher line that curve_quality measures against."""
     panels = list(dict.fromkeys(table[panel])) if panel else [None]
     lines = list(dict.fromkeys(table[by]))
     colors = dict(zip(lines, sns.color_palette("tab10", len(lines))))
     scale, xlabel = (1e6, "parameters (M)") if x == "params" else (1, x)
-    fig, axes = plt.subplots(len(metrics), len(panels), figsize=(4.2 * len(panels), 3.4 * len(metrics)),
-                             squeeze=False, sharex="col")
+    fig, axes = plt.subplots(
+        len(metrics), len(panels), figsize=(4.2 * len(panels), 3.4 * len(metrics)), squeeze=False, sharex="col"
+    )
     for col, value in enumerate(panels):
         rows = table if panel is None else table[table[panel] == value]
         for row, metric in enumerate(metrics):
             ax = axes[row, col]
             for name, curve in rows.groupby(by, sort=False):
                 curve, i = curve.sort_values("k"), lines.index(name)  # thinner lines on top: coinciding orders show
-                ax.plot(curve[x] / scale, curve[metric], marker="osD^v<>p"[i % 8], ms=7 - 1.2 * (i % 4),
-                        lw=3.2 - 0.7 * (i % 4), color=colors[name], label=name)
+                ax.plot(
+                    curve[x] / scale,
+                    curve[metric],
+                    marker="osD^v<>p"[i % 8],
+                    ms=7 - 1.2 * (i % 4),
+                    lw=3.2 - 0.7 * (i % 4),
+                    color=colors[name],
+                    label=name,
+                )
             ends = rows.sort_values("k").groupby(by, sort=False).nth([0, -1]).drop_duplicates(x)
             ax.plot(ends[x] / scale, ends[metric], ls="--", lw=1, color="gray", zorder=0, label="straight line")
             positive = (rows[metric] > 0).all()
-            ax.set(yscale="log" if positive else "linear", ylabel=metric, title=value if row == 0 and panel else None,
-                   xlabel=xlabel if row == len(metrics) - 1 else None)
+            ax.set(
+                yscale="log" if positive else "linear",
+                ylabel=metric,
+                title=value if row == 0 and panel else None,
+                xlabel=xlabel if row == len(metrics) - 1 else None,
+            )
             ax.grid(alpha=0.3)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)

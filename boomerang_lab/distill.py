@@ -1,10 +1,13 @@
-"""Distil the student from its teacher with transformers' Trainer, so `accelerate launch` / `torchrun` (DDP, FSDP) work."""
+"""Distil the student from its teacher with transformers' Trainer, so `accelerate launch` / `torchrun` (DDP, FSDP)
+work."""
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import shutil
+import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -14,61 +17,117 @@ import pandas as pd
 import torch
 from accelerate.utils import compile_regions
 from datasets import Dataset, IterableDataset
-from transformers import (PreTrainedModel, PreTrainedTokenizerBase, ProgressCallback, Trainer, TrainerCallback,
-                          TrainingArguments, default_data_collator)
+from safetensors.torch import load_file
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    ProgressCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    default_data_collator,
+)
+from transformers.trainer_utils import load_sharded_checkpoint
 
 from .adapters import get_adapter, layers_of
 from .atomic import atomic_dir, atomic_write_text
+from .blockwise import LOCAL_LOSSES, local_loss, only_train, restore_grad, teacher_block_states
 from .losses import IGNORE, LossConfig, distill_loss
 from .models import resolve_dtype
 from .plan import LayerPlan
 
 LOG_FILE = "train_log.csv"
 CONFIG_FILE = "distill_config.json"
-LOG_COLUMNS = {"step": "step", "loss": "loss", "ce": "ce", "kl": "kl", "cos": "cos", "learning_rate": "lr",
-               "grad_norm": "grad_norm", "num_input_tokens_seen": "tokens_seen", "epoch": "epoch"}
+LOG_COLUMNS = {
+    "step": "step",
+    "loss": "loss",
+    "ce": "ce",
+    "kl": "kl",
+    "cos": "cos",
+    "local_nmse": "local_nmse",
+    "local_cos": "local_cos",
+    "learning_rate": "lr",
+    "grad_norm": "grad_norm",
+    "num_input_tokens_seen": "tokens_seen",
+    "epoch": "epoch",
+}
 """Trainer log key -> column of the per-step CSV."""
 
 
 @dataclass
 class DistillConfig:
-    """One distillation run: the paper's recipe by default (see PROFILES for the smoke/quick/paper presets)."""
+    """One distillation run: the paper's hyperparameters by default; the presets are the profiles' recipes
+    (`boomerang_lab.profiles`, `profile(name)`)."""
 
-    output_dir: str = "runs/student"
-    teacher: str = "smollm2-135m"
-    """The teacher the CLI loads for this profile (distill() takes the model itself)."""
-    student_init: str = "teacher"
-    """How the CLI initialises the student: "teacher" (kept layers, the paper) or "random"; recorded with the run."""
-    seq_len: int = 512
-    """Block length when the CLI builds the data."""
-    batch_size: int = 8
-    """Sequences per device per micro-step; the global batch is batch_size x grad_accum x processes."""
-    grad_accum: int = 1
-    max_steps: int = 500
-    lr: float = 3e-4
-    scheduler: str = "cosine"
-    warmup: float = 0.01
-    """A fraction of max_steps (< 1) or a number of steps."""
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.1
-    max_grad_norm: float = 1.0
-    optim: str = "adamw_torch_fused"
-    bf16: bool = False
-    """bf16 autocast for the student (fp32 master weights)."""
-    teacher_dtype: str | None = None
-    """None: bfloat16 on GPU, the teacher's own dtype elsewhere."""
-    loss: LossConfig = field(default_factory=LossConfig)
-    freeze_embeddings: bool = False
-    """Freeze the student's embeddings and LM head."""
-    activation_checkpointing: bool = False
-    """Recompute the student's layers in backward: less memory, ~20% slower."""
-    compile: bool = False
-    """torch.compile the student and the teacher one decoder layer at a time (regional compilation); the loss's
-    own arithmetic compiles with `loss.compile`."""
-    use_cpu: bool = False
-    save_steps: int = 100
-    log_steps: int = 1
-    seed: int = 0
+    output_dir: str = field(default="runs/student", metadata={"help": "the student directory to write"})
+    teacher: str = field(
+        default="smollm2-135m",
+        metadata={
+            "help": "the teacher the CLI loads: a hub id, a local path or an embedded name (distill() takes the model)"
+        },
+    )
+    student_init: str = field(
+        default="teacher",
+        metadata={"help": "how the CLI initialises the student: teacher (kept layers, the paper) or random; recorded"},
+    )
+    seq_len: int = field(default=512, metadata={"help": "tokens per training sequence"})
+    packing: bool = field(
+        default=True,
+        metadata={
+            "help": "pack documents joined by EOS into full blocks (true), or one document per sequence, truncated "
+            "and right-padded with EOS, padding ignored by the loss (false: the paper's)"
+        },
+    )
+    batch_size: int = field(
+        default=8,
+        metadata={
+            "help": "sequences per device per micro-step; the global batch is batch_size x grad_accum x processes"
+        },
+    )
+    grad_accum: int = field(default=1, metadata={"help": "micro-steps accumulated per optimizer step"})
+    max_steps: int = field(default=500, metadata={"help": "optimizer steps"})
+    lr: float = field(default=3e-4, metadata={"help": "peak learning rate"})
+    scheduler: str = field(default="cosine", metadata={"help": "learning-rate schedule (a transformers name)"})
+    warmup: float = field(default=0.01, metadata={"help": "warm-up: a fraction of max_steps (< 1) or steps"})
+    betas: tuple[float, float] = field(default=(0.9, 0.95), metadata={"help": "AdamW betas"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    optim: str = field(default="adamw_torch_fused", metadata={"help": "optimizer (a transformers name)"})
+    bf16: bool = field(default=False, metadata={"help": "bf16 autocast for the student (fp32 master weights)"})
+    teacher_dtype: str | None = field(
+        default=None, metadata={"help": "the teacher's dtype; null: bfloat16 on GPU, the teacher's own dtype elsewhere"}
+    )
+    loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "the loss terms' weights"})
+    freeze_embeddings: bool = field(
+        default=False,
+        metadata={"help": "freeze the student's embeddings and LM head (the paper trains every parameter)"},
+    )
+    activation_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute the student's layers in backward: less memory, ~20% slower"}
+    )
+    compile: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile the student and the teacher one decoder layer at a time (regional compilation); "
+            "the loss's own arithmetic compiles with loss.compile"
+        },
+    )
+    use_cpu: bool = field(default=False, metadata={"help": "train on the CPU even if a GPU is present"})
+    save_steps: int = field(default=100, metadata={"help": "checkpoint every n steps (for resuming)"})
+    log_steps: int = field(default=1, metadata={"help": "log the loss terms every n steps"})
+    seed: int = field(default=0, metadata={"help": "random seed (initialisation, data order)"})
+    local_steps: int = field(
+        default=0,
+        metadata={
+            "help": "steps of blockwise local distillation before the global objective: each multi-layer student layer "
+            "learns alone, in the teacher's context, to map its block's input to its output (0: none, the paper)"
+        },
+    )
+    local_lr: float = field(default=1e-3, metadata={"help": "peak learning rate of the local stage"})
+    local_loss: str = field(
+        default="nmse",
+        metadata={"help": "the local stage's per-layer loss: nmse (|y - t|^2 / |t|^2 per token) or cos (1 - cosine)"},
+    )
 
     def __post_init__(self):
         if isinstance(self.loss, dict):
@@ -76,45 +135,38 @@ class DistillConfig:
         self.betas = tuple(self.betas)
         if self.student_init not in ("teacher", "random"):
             raise ValueError(f"student_init must be 'teacher' or 'random', got {self.student_init!r}.")
-        if min(self.batch_size, self.grad_accum, self.max_steps, self.save_steps, self.log_steps, self.seq_len) < 1:
-            raise ValueError(f"batch_size, grad_accum, max_steps, save_steps, log_steps and seq_len must be positive: {self}")
+        if min(self.batch_size, self.grad_accum, self.save_steps, self.log_steps, self.seq_len) < 1:
+            raise ValueError(f"batch_size, grad_accum, save_steps, log_steps and seq_len must be positive: {self}")
+        if self.max_steps < 0 or self.local_steps < 0 or self.max_steps + self.local_steps < 1:
+            raise ValueError(
+                f"max_steps (global stage) and local_steps (local stage) must be >= 0 with at least one "
+                f"positive, got max_steps={self.max_steps}, local_steps={self.local_steps}."
+            )
+        if self.local_loss not in LOCAL_LOSSES:
+            raise ValueError(f"local_loss must be one of {', '.join(LOCAL_LOSSES)}, got {self.local_loss!r}.")
+        if self.local_lr <= 0:
+            raise ValueError(f"local_lr must be positive, got {self.local_lr}.")
 
 
-PROFILES: dict[str, DistillConfig] = {
-    "smoke": DistillConfig(teacher="smollm2-tiny-random", seq_len=64, batch_size=4, max_steps=8, lr=1e-3, warmup=0.1,
-                           save_steps=4),
-    # CPU, SmolLM2-135M teacher: a 4 x 128-token step costs ~9-11 s of single-core CPU time (~5-6 s on 2 idle
-    # cores), so 128 steps (65k tokens) take ~12-15 min on an otherwise idle 2-core machine.
-    # quick and paper freeze the embeddings and head: the smoothest curve and the best student of the recipe study
-    # (README, benchmarks/results/study_recipes_cpu); freeze_embeddings=False is the paper's own recipe.
-    "quick": DistillConfig(teacher="smollm2-135m", seq_len=128, batch_size=4, max_steps=128, lr=3e-4, warmup=0.05,
-                           save_steps=16, freeze_embeddings=True),
-    # GPU: the paper's recipe; 16 x 2048 tokens per micro-step, 8 micro-steps per step (lower batch_size if it OOMs).
-    "paper": DistillConfig(teacher="smollm2-135m", seq_len=2048, batch_size=16, grad_accum=8, max_steps=500,
-                           bf16=True, save_steps=100, freeze_embeddings=True),
-}
+def __getattr__(name: str):
+    if name == "PROFILES":  # the recipes of boomerang_lab.profiles.PROFILES (that module imports this one)
+        from .profiles import PROFILES
+
+        return {key: replace(p.distill) for key, p in PROFILES.items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class DistillTrainer(Trainer):
-    """A Trainer whose loss is the distillation objective against a frozen teacher; logs each loss term."""
+class _TeacherTrainer(Trainer):
+    """A Trainer holding a frozen teacher, logging the loss terms its objective reports."""
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-micro-batch mean
 
-    def __init__(self, *args, teacher: PreTrainedModel, plan: LayerPlan, loss_config: LossConfig,
-                 teacher_dtype: str | None = None, **kwargs):
+    def __init__(self, *args, teacher: PreTrainedModel, plan: LayerPlan, teacher_dtype: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         device = self.args.device
         dtype = resolve_dtype(teacher_dtype) or (torch.bfloat16 if device.type == "cuda" else None)
         self.teacher = teacher.to(device=device, dtype=dtype).eval().requires_grad_(False)
-        adapter = get_adapter(teacher)
-        self.teacher_backbone = self.teacher.get_submodule(adapter.layers.rpartition(".")[0])
-        if self.args.torch_compile:
-            self.teacher_backbone = compile_regions(self.teacher_backbone)
-        self.teacher_head = self.teacher.get_submodule(adapter.head)
-        self.loss_config = loss_config
-        self.alignment = plan.alignment()
-        # Only the teacher states the loss reads: the aligned ones, or just the final one for KL alone.
-        self.teacher_states = sorted({t for _, t in self.alignment}) if loss_config.cos_weight else [-1]
+        self.plan = plan
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_count = 0
 
@@ -125,24 +177,12 @@ class DistillTrainer(Trainer):
             args["dynamo_plugin"].use_regional_compilation = True
         return args
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        ids, mask = inputs["input_ids"], inputs.get("attention_mask")
-        masked = {} if mask is None else {"attention_mask": mask}
-        labels = ids if mask is None else ids.masked_fill(mask == 0, IGNORE)
-        teacher_hidden = None
-        if self.loss_config.needs_teacher:
-            with torch.no_grad():
-                teacher_hidden = self.teacher_backbone(input_ids=ids, output_hidden_states=self.teacher_states,
-                                                       use_cache=False, **masked).hidden_states
-        out = model(input_ids=ids, output_hidden_states=bool(self.loss_config.cos_weight), use_cache=False, **masked)
-        loss, terms = distill_loss(out.logits, out.hidden_states, teacher_hidden, self.teacher_head, labels, mask,
-                                   self.alignment, self.loss_config)
+    def _record(self, terms: dict[str, torch.Tensor], ids: torch.Tensor) -> None:
         for name, value in terms.items():
             self._term_sums[name] = self._term_sums.get(name, 0) + value
         self._term_count += 1
         # Counted from shapes (fixed-length blocks, equal on every process): no device sync per step.
         self.state.num_input_tokens_seen += ids.numel() * self.accelerator.num_processes
-        return (loss, out) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the loss terms (averaged over the steps since the last log and over processes) and tokens seen."""
@@ -155,6 +195,61 @@ class DistillTrainer(Trainer):
         super().log(logs, start_time)
 
 
+class DistillTrainer(_TeacherTrainer):
+    """The global objective: CE + KL to the teacher's logits + cosine alignment, through the whole student."""
+
+    def __init__(self, *args, loss_config: LossConfig, **kwargs):
+        super().__init__(*args, **kwargs)
+        adapter = get_adapter(self.teacher)
+        self.teacher_backbone = self.teacher.get_submodule(adapter.layers.rpartition(".")[0])
+        if self.args.torch_compile:
+            self.teacher_backbone = compile_regions(self.teacher_backbone)
+        self.teacher_head = self.teacher.get_submodule(adapter.head)
+        self.loss_config = loss_config
+        self.alignment = self.plan.alignment()
+        # Only the teacher states the loss reads: the aligned ones, or just the final one for KL alone.
+        self.teacher_states = sorted({t for _, t in self.alignment}) if loss_config.cos_weight else [-1]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+        masked = {} if mask is None else {"attention_mask": mask}
+        labels = ids if mask is None else ids.masked_fill(mask == 0, IGNORE)
+        teacher_hidden = None
+        if self.loss_config.needs_teacher:
+            with torch.no_grad():
+                teacher_hidden = self.teacher_backbone(
+                    input_ids=ids, output_hidden_states=self.teacher_states, use_cache=False, **masked
+                ).hidden_states
+        out = model(input_ids=ids, output_hidden_states=bool(self.loss_config.cos_weight), use_cache=False, **masked)
+        loss, terms = distill_loss(
+            out.logits,
+            out.hidden_states,
+            teacher_hidden,
+            self.teacher_head,
+            labels,
+            mask,
+            self.alignment,
+            self.loss_config,
+        )
+        self._record(terms, ids)
+        return (loss, out) if return_outputs else loss
+
+
+class LocalTrainer(_TeacherTrainer):
+    """The local stage (blockwise.py): each multi-layer student layer maps its block's teacher input to its output."""
+
+    def __init__(self, *args, local_loss: str = "nmse", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.local_loss = local_loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+        states = teacher_block_states(self.teacher, self.plan, ids, mask)
+        loss, terms = local_loss(self.accelerator.unwrap_model(model), self.plan, states, mask, self.local_loss)
+        self._record(terms, ids)
+        return (loss, None) if return_outputs else loss
+
+
 class TermsProgress(ProgressCallback):
     """The Trainer's progress bar, showing the latest loss terms instead of printing a line per step."""
 
@@ -162,78 +257,237 @@ class TermsProgress(ProgressCallback):
         if "loss" not in logs:
             return super().on_log(args, state, control, logs=logs, **kwargs)
         if state.is_world_process_zero and self.training_bar is not None:
-            shown = {k: f"{logs[k]:.4g}" for k in ("loss", "ce", "kl", "cos") if k in logs}
+            shown = {k: f"{logs[k]:.4g}" for k in ("loss", "ce", "kl", "cos", "local_nmse", "local_cos") if k in logs}
             self.training_bar.set_postfix(shown)
 
 
-def distill(teacher: PreTrainedModel, student: PreTrainedModel, plan: LayerPlan, data: Dataset | IterableDataset,
-            config: DistillConfig, tokenizer: PreTrainedTokenizerBase | None = None,
-            callbacks: Sequence[TrainerCallback] = ()) -> Path:
+class PrintProgress(TrainerCallback):
+    """Plain lines on stdout (a terminal, or papermill's stream): the stage, about 8 lines of loss terms, a resume."""
+
+    def __init__(self, stage: str, lines: int = 8):
+        self.stage, self.lines, self.start, self.first = stage, lines, None, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start, self.first = time.perf_counter(), state.global_step
+        if state.is_world_process_zero:
+            resumed = f", resumed at step {state.global_step}" if state.global_step else ""
+            print(f"[distill] {self.stage} stage: {state.max_steps} steps{resumed}", flush=True)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        every = max(1, state.max_steps // self.lines)
+        if not state.is_world_process_zero or "loss" not in (logs or {}):
+            return
+        if state.global_step % every and state.global_step != state.max_steps:
+            return
+        terms = " ".join(f"{k} {logs[k]:.4g}" for k in ("ce", "kl", "cos", "local_nmse", "local_cos") if k in logs)
+        spent = time.perf_counter() - self.start
+        rate = spent / max(1, state.global_step - self.first)
+        left = rate * (state.max_steps - state.global_step)
+        print(
+            f"[distill] {self.stage} {state.global_step}/{state.max_steps}  {terms}  "
+            f"({spent:.0f} s, ~{left:.0f} s left)",
+            flush=True,
+        )
+
+
+STAGES = ("local", "global")
+"""The stages a run may have, in order: blockwise local distillation (local_steps) and the global objective."""
+
+
+def distill(
+    teacher: PreTrainedModel,
+    student: PreTrainedModel,
+    plan: LayerPlan,
+    data: Dataset | IterableDataset,
+    config: DistillConfig,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+    progress: bool = True,
+) -> Path:
     """Train `student` towards the frozen `teacher` on token blocks (`data` rows: "input_ids"); return its directory.
 
-    Checkpoints go to `<output_dir>.partial/`; rerunning the same call resumes from the last complete one. The
-    student directory (model, tokenizer, plan files, train_log.csv, distill_config.json) appears only when done;
-    a finished directory of the same run is returned as it is, one of another run is an error (see `finished`).
+    Two stages, each skipped when its step count is 0: `local_steps` of blockwise local distillation (each
+    multi-layer student layer alone, in the teacher's context; blockwise.py), then `max_steps` of the global
+    objective (CE + KL + cosine alignment). Checkpoints go to `<output_dir>.partial/<stage>/`; rerunning the same
+    call resumes from the last complete one (a finished stage is not rerun). The student directory (model,
+    tokenizer, plan files, train_log.csv, distill_config.json) appears only when done; a finished directory of the
+    same run is returned as it is, one of another run is an error (see `finished`). `progress` prints a few plain
+    lines per stage on stdout (besides the Trainer's bar), which papermill's stream carries to a terminal.
     """
     plan.check_fits(len(layers_of(teacher)), len(layers_of(student)))
     if finished(config, plan):
         return Path(config.output_dir)
     if "input_ids" not in (data.column_names or ["input_ids"]):
         raise ValueError(f"data must have an 'input_ids' column of token blocks, got columns {data.column_names}.")
+    if config.local_steps and not plan.multi_layer:
+        raise ValueError(
+            f"local_steps={config.local_steps}, but {plan} has no multi-layer block to train locally; "
+            f"set local_steps=0."
+        )
     out = Path(config.output_dir)
     work = out.with_name(out.name + ".partial")
-    if config.freeze_embeddings:
-        adapter = get_adapter(student)
-        for path in (*adapter.embeddings, adapter.head):
-            student.get_submodule(path).requires_grad_(False)
-
-    args = TrainingArguments(
-        output_dir=str(work), max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum, learning_rate=config.lr, lr_scheduler_type=config.scheduler,
-        warmup_steps=config.warmup, adam_beta1=config.betas[0], adam_beta2=config.betas[1],
-        weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm, optim=config.optim, bf16=config.bf16,
-        torch_compile=config.compile, activation_checkpointing=config.activation_checkpointing,
-        # Without an accelerator, use_cpu=False would leave each torchrun process training alone on the same files.
-        use_cpu=config.use_cpu or not torch.accelerator.is_available(),
-        logging_steps=config.log_steps, save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
-        seed=config.seed, report_to="none", remove_unused_columns=False, ddp_find_unused_parameters=False,
-        dataloader_pin_memory=torch.cuda.is_available() and not config.use_cpu,
-        logging_nan_inf_filter=False)  # the filter syncs the device every step; NaN losses are logged as they are
-    trainer = DistillTrainer(model=student, args=args, train_dataset=data, data_collator=default_data_collator,
-                             processing_class=tokenizer, callbacks=list(callbacks), teacher=teacher, plan=plan,
-                             loss_config=config.loss, teacher_dtype=config.teacher_dtype)
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") and not trainer.is_fsdp_enabled:
-        warnings.warn(f"FSDP was asked for (ACCELERATE_USE_FSDP), but accelerate shards only on GPUs and other "
-                      f"accelerators and runs this as {trainer.accelerator.distributed_type.value}: every process "
-                      f"holds the whole student and teacher.", stacklevel=2)
-    if not args.disable_tqdm:
-        trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(TermsProgress)
-
     run = {"config": asdict(config), "plan": plan.to_dict()}
-    checkpoint = _last_checkpoint(work)
-    if checkpoint is not None:
+    if (work / CONFIG_FILE).exists():
         before = json.loads((work / CONFIG_FILE).read_text())
         if before != json.loads(json.dumps(run)):
-            raise ValueError(f"{work} holds checkpoints of a run with other settings ({before}); rerun with those "
-                             f"settings to resume it, or delete {work} to start afresh.")
-    elif trainer.is_world_process_zero():
-        atomic_write_text(work / CONFIG_FILE, json.dumps(run, indent=2) + "\n")
-    trainer.train(resume_from_checkpoint=checkpoint)
+            raise ValueError(
+                f"{work} holds checkpoints of a run with other settings ({before}); rerun with those "
+                f"settings to resume it, or delete {work} to start afresh."
+            )
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        if int(os.environ.get("RANK", "0")) == 0:
+            atomic_write_text(work / CONFIG_FILE, json.dumps(run, indent=2) + "\n")
 
-    final = work / "final"
-    trainer.save_model(str(final))
+    logs, trainer = [], None
+    flags = {name: p.requires_grad for name, p in student.named_parameters()}
+    if config.local_steps:
+        only_train(student, plan)
+        trainer = _stage(
+            "local",
+            LocalTrainer,
+            student,
+            teacher,
+            plan,
+            data,
+            config,
+            work,
+            tokenizer,
+            callbacks,
+            progress,
+            local_loss=config.local_loss,
+        )
+        logs.append(trainer.stage_log)
+        restore_grad(student, flags)
+    if config.max_steps:
+        if config.freeze_embeddings:
+            adapter = get_adapter(student)
+            for path in (*adapter.embeddings, adapter.head):
+                student.get_submodule(path).requires_grad_(False)
+        trainer = _stage(
+            "global",
+            DistillTrainer,
+            student,
+            teacher,
+            plan,
+            data,
+            config,
+            work,
+            tokenizer,
+            callbacks,
+            progress,
+            loss_config=config.loss,
+        )
+        logs.append(trainer.stage_log)
+
     if trainer.is_world_process_zero():
         with atomic_dir(out) as tmp:
-            for item in final.iterdir():
-                if item.name != "training_args.bin":
-                    os.replace(item, tmp / item.name)
+            student.save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
             plan.save(tmp)
             (tmp / CONFIG_FILE).write_text(json.dumps(run, indent=2) + "\n")
-            log_table(trainer.state.log_history).to_csv(tmp / LOG_FILE, index=False)
+            pd.concat(logs, ignore_index=True).to_csv(tmp / LOG_FILE, index=False)
         shutil.rmtree(work)
     trainer.accelerator.wait_for_everyone()
     return out
+
+
+def _stage(
+    stage: str,
+    trainer_class: type[_TeacherTrainer],
+    student: PreTrainedModel,
+    teacher: PreTrainedModel,
+    plan: LayerPlan,
+    data,
+    config: DistillConfig,
+    work: Path,
+    tokenizer,
+    callbacks,
+    progress: bool,
+    **objective,
+) -> _TeacherTrainer:
+    """Run (or resume, or reload when already finished) one stage; the trainer's `stage_log` holds its rows."""
+    local = stage == "local"
+    steps, lr = (config.local_steps, config.local_lr) if local else (config.max_steps, config.lr)
+    folder = work / stage
+    args = TrainingArguments(
+        output_dir=str(folder),
+        max_steps=steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=lr,
+        lr_scheduler_type=config.scheduler,
+        warmup_steps=config.warmup,
+        adam_beta1=config.betas[0],
+        adam_beta2=config.betas[1],
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        optim=config.optim,
+        bf16=config.bf16,
+        torch_compile=config.compile,
+        activation_checkpointing=config.activation_checkpointing and not local,
+        # Without an accelerator, use_cpu=False would leave each torchrun process training alone on the same files.
+        use_cpu=config.use_cpu or not torch.accelerator.is_available(),
+        logging_steps=config.log_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        # The local stage sees the data in another order than the global one (seed + 1).
+        seed=config.seed + (1 if local else 0),
+        data_seed=config.seed + (1 if local else 0),
+        report_to="none",
+        remove_unused_columns=False,
+        ddp_find_unused_parameters=False,
+        dataloader_pin_memory=torch.cuda.is_available() and not config.use_cpu,
+        logging_nan_inf_filter=False,
+    )  # the filter syncs the device every step; NaN losses are logged as they are
+    trainer = trainer_class(
+        model=student,
+        args=args,
+        train_dataset=data,
+        data_collator=default_data_collator,
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+        teacher=teacher,
+        plan=plan,
+        teacher_dtype=config.teacher_dtype,
+        **objective,
+    )
+    if local and trainer.accelerator.num_processes > 1:
+        raise ValueError(
+            "The local stage runs on one process (it calls student layers outside the DDP wrapper): "
+            "distil with local_steps first on one process, then rerun with several to resume the "
+            "global stage."
+        )
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") and not trainer.is_fsdp_enabled:
+        warnings.warn(
+            f"FSDP was asked for (ACCELERATE_USE_FSDP), but accelerate shards only on GPUs and other "
+            f"accelerators and runs this as {trainer.accelerator.distributed_type.value}: every process "
+            f"holds the whole student and teacher.",
+            stacklevel=3,
+        )
+    if not args.disable_tqdm:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(TermsProgress)
+    if progress:
+        trainer.add_callback(PrintProgress(stage))
+
+    done = folder / "final"
+    if (done / LOG_FILE).exists():  # finished before an interruption: reload its weights, rerun nothing
+        _load_weights(student, done)
+        trainer.stage_log = pd.read_csv(done / LOG_FILE)
+        if progress and trainer.is_world_process_zero():
+            print(f"[distill] {stage} stage: finished earlier, loaded from {done}", flush=True)
+        return trainer
+    trainer.train(resume_from_checkpoint=_last_checkpoint(folder))
+    trainer.stage_log = log_table(trainer.state.log_history).assign(stage=stage)
+    if trainer.is_world_process_zero():
+        with atomic_dir(done) as tmp:
+            student.save_pretrained(tmp)
+            trainer.stage_log.to_csv(tmp / LOG_FILE, index=False)
+    trainer.accelerator.wait_for_everyone()
+    return trainer
 
 
 def recipe(config: DistillConfig, plan: LayerPlan) -> dict:
@@ -259,11 +513,21 @@ def finished(config: DistillConfig, plan: LayerPlan) -> bool:
         raise ValueError(f"{out} exists but is not a distilled student (no {CONFIG_FILE}); choose another output_dir.")
     before, now = recipe_of(out), recipe(config, plan)
     if before != now:
-        diff = {k: (before["config"].get(k), v) for k, v in now["config"].items() if before["config"].get(k) != v}
+        # A field added after that run was distilled counts as its default there (a newer kit reads older runs).
+        defaults = recipe(DistillConfig(), plan)["config"]
+        diff = {
+            k: (before["config"].get(k, defaults.get(k)), v)
+            for k, v in now["config"].items()
+            if before["config"].get(k, defaults.get(k)) != v
+        }
         if before["plan"] != now["plan"]:
             diff["plan"] = (before["plan"], now["plan"])
-        raise ValueError(f"{out} holds a student distilled with other settings (field: (there, asked)): {diff}. "
-                         f"Delete it to distil again, or choose another output_dir.")
+        if not diff:
+            return True
+        raise ValueError(
+            f"{out} holds a student distilled with other settings (field: (there, asked)): {diff}. "
+            f"Delete it to distil again, or choose another output_dir."
+        )
     return True
 
 
@@ -279,6 +543,14 @@ def run_name(path: str | Path) -> str:
         return str(path)
     digest = hashlib.sha1(json.dumps(recipe_of(path), sort_keys=True).encode()).hexdigest()[:8]
     return f"{Path(path).name}@{digest}"
+
+
+def _load_weights(model: PreTrainedModel, folder: Path) -> None:
+    """Load a `save_pretrained` folder's weights into `model` in place (tied weights are saved once)."""
+    if (folder / "model.safetensors").exists():
+        model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+    else:
+        load_sharded_checkpoint(model, str(folder), strict=False)
 
 
 def log_table(log_history: list[dict]) -> pd.DataFrame:
@@ -300,7 +572,8 @@ def _last_checkpoint(work: Path) -> str | None:
 
 
 def profile(name: str, **overrides) -> DistillConfig:
-    """A preset (smoke, quick, paper) with fields replaced."""
-    if name not in PROFILES:
-        raise ValueError(f"Unknown profile {name!r}; choose one of {', '.join(PROFILES)}.")
-    return replace(PROFILES[name], **overrides)
+    """The recipe of a profile (a built-in name or a YAML/JSON file, see `boomerang_lab.profiles`) with fields
+    replaced, each override checked against its field's type."""
+    from .profiles import get
+
+    return get(name, distill=overrides).distill

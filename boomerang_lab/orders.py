@@ -1,4 +1,5 @@
 """Patch orders: which student layers are swapped for their teacher blocks at each interpolation size."""
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,8 @@ class Order:
 
     @classmethod
     def last(cls, plan: LayerPlan) -> "Order":
-        """Patch from the end: size k = student layers before the k-th multi-layer block from the end + teacher after."""
+        """Patch from the end: size k = student layers before the k-th multi-layer block from the end + teacher
+        after."""
         multi = plan.multi_layer
         cuts = [len(plan.kept)] + multi[::-1]
         steps = [tuple(range(cuts[i + 1], cuts[i])) for i in range(len(multi))]
@@ -37,7 +39,8 @@ class Order:
 
     @classmethod
     def first(cls, plan: LayerPlan) -> "Order":
-        """Patch from the start: size k = teacher up to the end of the k-th multi-layer block + the remaining student."""
+        """Patch from the start: size k = teacher up to the end of the k-th multi-layer block + the remaining
+        student."""
         multi = plan.multi_layer
         ends = [0] + [j + 1 for j in multi]
         steps = [tuple(range(ends[i], ends[i + 1])) for i in range(len(multi))]
@@ -45,10 +48,13 @@ class Order:
 
     @classmethod
     def from_blocks(cls, plan: LayerPlan, blocks: Sequence[int], name: str = "custom") -> "Order":
-        """An order of the multi-layer student layers; a single-layer one goes with the nearest multi-layer one before it."""
+        """An order of the multi-layer student layers; a single-layer one goes with the nearest multi-layer one
+        before it."""
         multi = plan.multi_layer
         if sorted(blocks) != multi:
-            raise ValueError(f"An order over blocks must list each multi-layer student layer once: {multi}; got {list(blocks)}.")
+            raise ValueError(
+                f"An order over blocks must list each multi-layer student layer once: {multi}; got {list(blocks)}."
+            )
         owner = {}
         for j in range(len(plan.kept)):
             before = [m for m in multi if m <= j]
@@ -62,7 +68,9 @@ class Order:
         flat = [j for s in steps for j in s]
         bad = [j for j in flat if not 0 <= j < len(plan.kept)]
         if bad or len(set(flat)) != len(flat):
-            raise ValueError(f"An explicit order lists distinct student layers in 0..{len(plan.kept) - 1}; got {list(layers)}.")
+            raise ValueError(
+                f"An explicit order lists distinct student layers in 0..{len(plan.kept) - 1}; got {list(layers)}."
+            )
         return cls("explicit", steps)
 
     def to_dict(self) -> dict:

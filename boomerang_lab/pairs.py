@@ -1,20 +1,29 @@
 """Off-the-shelf distilled pairs interpolated with no training (DistilBERT into BERT, DistilGPT2 into GPT-2), and
 tiny random stand-ins of the same architectures for offline runs."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
-from transformers import (BertConfig, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM, GPT2Config,
-                          GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerBase)
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    DistilBertConfig,
+    DistilBertForMaskedLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from .adapters import layers_of
 from .bridges import as_teacher_class
+from .evaluate.pseudo_perplexity import MaskTokens
 from .family import Family
 from .models import load_model
 from .plan import LayerPlan
-from .pseudo_perplexity import MaskTokens
 from .student import init_student
 
 DISTIL_KEPT = (0, 2, 4, 7, 9, 11)
@@ -28,9 +37,11 @@ class Pair:
     arch: str  # the architecture of its tiny offline stand-in: "bert" or "gpt2"
 
 
-PAIRS = (Pair("bert-base-uncased", "distilbert-base-uncased", "bert"),
-         Pair("bert-base-cased", "distilbert-base-cased", "bert"),
-         Pair("gpt2", "distilgpt2", "gpt2"))
+PAIRS = (
+    Pair("bert-base-uncased", "distilbert-base-uncased", "bert"),
+    Pair("bert-base-cased", "distilbert-base-cased", "bert"),
+    Pair("gpt2", "distilgpt2", "gpt2"),
+)
 
 BYTE_TOKENS = MaskTokens(mask=257, cls=258, sep=259, pad=256)
 """The tiny stand-ins read UTF-8 bytes (ids 0..255) plus these four special ids."""
@@ -77,9 +88,14 @@ class OffTheShelf:
         rows = []
         for k in range(self.family.K + 1):
             member = self.family.build(k)
-            out = member.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                  do_sample=False, pad_token_id=member.generation_config.eos_token_id)
-            rows.append({"k": k, "layers": len(layers_of(member)), "continuation": self.decode(out[0, ids.shape[1]:])})
+            out = member.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=member.generation_config.eos_token_id,
+            )
+            rows.append({"k": k, "layers": len(layers_of(member)), "continuation": self.decode(out[0, ids.shape[1] :])})
         return pd.DataFrame(rows)
 
 
@@ -88,8 +104,14 @@ def pair_family(teacher: PreTrainedModel, student: PreTrainedModel, kept=DISTIL_
     return Family(teacher, student, LayerPlan.from_kept(kept, len(layers_of(teacher))))
 
 
-def load_pair(teacher: str, student: str, kept=DISTIL_KEPT, offline: bool = False,
-              dtype: str = "float32", device: str | None = None) -> OffTheShelf:
+def load_pair(
+    teacher: str,
+    student: str,
+    kept=DISTIL_KEPT,
+    offline: bool = False,
+    dtype: str = "float32",
+    device: str | None = None,
+) -> OffTheShelf:
     """The pair from hub ids or local paths, or (offline) tiny random stand-ins of the same architectures."""
     if offline:
         arch = {p.teacher: p.arch for p in PAIRS}.get(teacher)
@@ -103,26 +125,52 @@ def load_pair(teacher: str, student: str, kept=DISTIL_KEPT, offline: bool = Fals
     return OffTheShelf(t, s, pair_family(t, s, kept), tokenizer)
 
 
-def tiny_pair(arch: str, kept=DISTIL_KEPT, seed: int = 0, noise: float = 0.05,
-              width: int = 32) -> tuple[PreTrainedModel, PreTrainedModel]:
+def tiny_pair(
+    arch: str, kept=DISTIL_KEPT, seed: int = 0, noise: float = 0.05, width: int = 32
+) -> tuple[PreTrainedModel, PreTrainedModel]:
     """A random 12-layer teacher and a student of the off-the-shelf class, initialised from its `kept` layers as the
     real one was, then moved by `noise` (a stand-in for distillation)."""
     torch.manual_seed(seed)
     positions = 256
     if arch == "bert":
-        teacher = BertForMaskedLM(BertConfig(vocab_size=BYTE_VOCAB, hidden_size=width, num_hidden_layers=12,
-                                             num_attention_heads=4, intermediate_size=2 * width,
-                                             max_position_embeddings=positions, pad_token_id=BYTE_TOKENS.pad))
-        student = DistilBertForMaskedLM(DistilBertConfig(vocab_size=BYTE_VOCAB, dim=width, n_layers=len(kept),
-                                                         n_heads=4, hidden_dim=2 * width, pad_token_id=BYTE_TOKENS.pad,
-                                                         max_position_embeddings=positions))
+        teacher = BertForMaskedLM(
+            BertConfig(
+                vocab_size=BYTE_VOCAB,
+                hidden_size=width,
+                num_hidden_layers=12,
+                num_attention_heads=4,
+                intermediate_size=2 * width,
+                max_position_embeddings=positions,
+                pad_token_id=BYTE_TOKENS.pad,
+            )
+        )
+        student = DistilBertForMaskedLM(
+            DistilBertConfig(
+                vocab_size=BYTE_VOCAB,
+                dim=width,
+                n_layers=len(kept),
+                n_heads=4,
+                hidden_dim=2 * width,
+                pad_token_id=BYTE_TOKENS.pad,
+                max_position_embeddings=positions,
+            )
+        )
         kept_layers = init_student(teacher, LayerPlan.from_kept(kept, 12)).state_dict()
         as_teacher_class(teacher, student).load_state_dict(  # copies into the student, which its view shares
-            {k: v for k, v in kept_layers.items() if "token_type" not in k}, strict=False)
+            {k: v for k, v in kept_layers.items() if "token_type" not in k}, strict=False
+        )
     elif arch == "gpt2":
-        teacher = GPT2LMHeadModel(GPT2Config(vocab_size=BYTE_VOCAB, n_embd=width, n_layer=12, n_head=4,
-                                             n_positions=positions, bos_token_id=BYTE_TOKENS.pad,
-                                             eos_token_id=BYTE_TOKENS.pad))
+        teacher = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=BYTE_VOCAB,
+                n_embd=width,
+                n_layer=12,
+                n_head=4,
+                n_positions=positions,
+                bos_token_id=BYTE_TOKENS.pad,
+                eos_token_id=BYTE_TOKENS.pad,
+            )
+        )
         student = init_student(teacher, LayerPlan.from_kept(kept, 12))
     else:
         raise ValueError(f"Unknown stand-in architecture {arch!r}; use 'bert' or 'gpt2'.")

@@ -4,13 +4,13 @@ Blocks are the multi-layer student layers `plan.multi_layer`, numbered b = 0..K-
 blocks is a bitmask (bit b = block b). Patching block b patches its group: the student layers
 `Order.from_blocks(plan, plan.multi_layer).steps[b]` (the block and the single-layer ones that ride along with it).
 """
+
 from __future__ import annotations
 
 import hashlib
 import itertools
 import json
 import random
-from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .adapters import layers_of
 from .atomic import atomic_write_text
 from .data import CORPUS_FILES, data_file
-from .family import ORDERS, Family, OrderLike
+from .family import Family, OrderLike, register_order
 from .orders import Order
 from .plan import PLAN_FILE, LayerPlan
 
@@ -31,8 +31,9 @@ CALIBRATION = {"num_sequences": 64, "seq_len": 256, "seed": 0}
 
 
 # --- calibration data ----------------------------------------------------------------------------------------------
-def calibration_set(tokenizer, num_sequences: int = 64, seq_len: int = 256, seed: int = 0,
-                    files: Sequence[str] = CORPUS_FILES) -> torch.Tensor:
+def calibration_set(
+    tokenizer, num_sequences: int = 64, seq_len: int = 256, seed: int = 0, files: Sequence[str] = CORPUS_FILES
+) -> torch.Tensor:
     """[num_sequences, seq_len] token ids: random windows of training text, taking the corpus files in turn."""
     if num_sequences < 1 or seq_len < 1:
         raise ValueError(f"num_sequences and seq_len must be positive, got {num_sequences} and {seq_len}.")
@@ -41,10 +42,10 @@ def calibration_set(tokenizer, num_sequences: int = 64, seq_len: int = 256, seed
     for i in range(num_sequences):
         name = files[i % len(files)]
         start = rng.randrange(max(1, len(texts[name]) - span))
-        ids = tokenizer(texts[name][start:start + span], add_special_tokens=False)["input_ids"]
+        ids = tokenizer(texts[name][start : start + span], add_special_tokens=False)["input_ids"]
         if len(ids) < seq_len + 1:
             raise ValueError(f"{name} gave only {len(ids)} tokens at offset {start}; seq_len={seq_len} is too long.")
-        rows.append(ids[1:seq_len + 1])  # the first token may be a cut word
+        rows.append(ids[1 : seq_len + 1])  # the first token may be a cut word
     return torch.tensor(rows)
 
 
@@ -58,8 +59,10 @@ def default_calibration(family: Family) -> torch.Tensor:
     except (OSError, ValueError):
         tokenizer = None
     if tokenizer is None:
-        raise ValueError(f"The default calibration set needs the teacher's tokenizer, and none loads from the teacher's "
-                         f"name_or_path {source!r}; call search(family, name, calibration_set(tokenizer)) instead.")
+        raise ValueError(
+            f"The default calibration set needs the teacher's tokenizer, and none loads from the teacher's "
+            f"name_or_path {source!r}; call search(family, name, calibration_set(tokenizer)) instead."
+        )
     return calibration_set(tokenizer, **CALIBRATION)
 
 
@@ -121,6 +124,7 @@ class _Batch:
 
     def _capture(self, member: nn.Module, ids: torch.Tensor) -> torch.Tensor:
         """Run `member`, recording each layer's arguments besides the hidden state; return its logits."""
+
         def record(module, args, kwargs):
             if module is layers[0]:
                 self.embeds.append(args[0] if args else kwargs["hidden_states"])
@@ -143,8 +147,13 @@ class _Batch:
 
 
 @torch.no_grad()
-def subset_kl(family: Family, calibration: torch.Tensor, masks: Sequence[int] | None = None, batch_size: int = 8,
-              progress: bool = True) -> torch.Tensor:
+def subset_kl(
+    family: Family,
+    calibration: torch.Tensor,
+    masks: Sequence[int] | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> torch.Tensor:
     """Mean per-token KL(teacher || member) for each set of patched blocks in `masks` (default: all 2^K sets).
 
     A depth-first walk over the blocks in layer order: at depth b it branches on "block b patched or not", runs only
@@ -157,20 +166,23 @@ def subset_kl(family: Family, calibration: torch.Tensor, masks: Sequence[int] | 
     i.e. O(2^K · T · (2·c_block + c_head)); memory O(K·B·L·H) cached hidden states + O(B·L·V) teacher distributions
     and logits for a batch of B sequences of L tokens (H hidden size, V vocabulary), + O(2^K) results.
     The head dominates for large vocabularies: SmolLM2 (K=14, V=49152) needs 2^14 heads over T tokens, minutes on a
-    GPU for T = 64 x 256 and far too long on a CPU (use fewer calibration tokens there; benchmarks/bench_patch_search.py).
+    GPU for T = 64 x 256 and far too long on a CPU (use fewer calibration tokens there;
+    benchmarks/bench_patch_search.py).
     """
     K, plan = family.K, family.plan
     if K < 1:
         raise ValueError(f"{plan} has no multi-layer student layer: there is no patch order to search.")
-    masks = np.arange(2 ** K) if masks is None else np.asarray(masks, dtype=np.int64)
-    if masks.size == 0 or masks.min() < 0 or masks.max() >= 2 ** K:
-        raise ValueError(f"Block sets must be bitmasks in 0..{2 ** K - 1} (K={K}); got {masks.tolist()[:8]}...")
+    masks = np.arange(2**K) if masks is None else np.asarray(masks, dtype=np.int64)
+    if masks.size == 0 or masks.min() < 0 or masks.max() >= 2**K:
+        raise ValueError(f"Block sets must be bitmasks in 0..{2**K - 1} (K={K}); got {masks.tolist()[:8]}...")
     unique, inverse = np.unique(masks, return_inverse=True)
     t_layers, s_layers = layers_of(family.teacher), layers_of(family.student)
     blocks = [([s_layers[j] for j in g], [t_layers[i] for j in g for i in plan.block(j)]) for g in groups(plan)]
     a = family.adapter
-    heads = [nn.Sequential(*(m.get_submodule(p) for p in (a.final_norm, a.head) if p))  # no final norm: post-LN
-             for m in (family.student, family.teacher)]
+    heads = [
+        nn.Sequential(*(m.get_submodule(p) for p in (a.final_norm, a.head) if p))  # no final norm: post-LN
+        for m in (family.student, family.teacher)
+    ]
     device = family.teacher.device
     totals = torch.zeros(len(unique), dtype=torch.float64, device=device)
 
@@ -220,11 +232,11 @@ def shortest_path(kl: Sequence[float] | np.ndarray | torch.Tensor) -> list[int]:
     """
     kl = np.asarray(kl, dtype=np.float64)
     K = len(kl).bit_length() - 1
-    if len(kl) != 2 ** K or K < 1:
+    if len(kl) != 2**K or K < 1:
         raise ValueError(f"kl must hold one value per set of K blocks (2^K values, K >= 1); got {len(kl)}.")
-    sets = np.arange(2 ** K)
+    sets = np.arange(2**K)
     size = np.array([bin(s).count("1") for s in sets])
-    best, last = np.full(2 ** K, np.inf), np.zeros(2 ** K, dtype=np.int64)
+    best, last = np.full(2**K, np.inf), np.zeros(2**K, dtype=np.int64)
     best[0] = 0.0
     for n in range(1, K + 1):
         level = sets[size == n]
@@ -234,7 +246,7 @@ def shortest_path(kl: Sequence[float] | np.ndarray | torch.Tensor) -> list[int]:
             better = via < best[has]
             best[has[better]], last[has[better]] = via[better], b
         best[level] += kl[level]
-    sequence, s = [], 2 ** K - 1
+    sequence, s = [], 2**K - 1
     while s:
         sequence.append(int(last[s]))
         s ^= 1 << int(last[s])
@@ -262,8 +274,9 @@ def brute_force(kl: Sequence[float] | np.ndarray | torch.Tensor) -> tuple[float,
 SEARCHES = {"klpatch": klpatch, "optimal": optimal}
 
 
-def search(family: Family, name: str, calibration: torch.Tensor | None = None, batch_size: int = 8,
-           progress: bool = True) -> Order:
+def search(
+    family: Family, name: str, calibration: torch.Tensor | None = None, batch_size: int = 8, progress: bool = True
+) -> Order:
     """The `name` order ("klpatch" or "optimal") of this family, cached in the family and next to the student.
 
     A saved `order_<name>.json` in the student's directory (one with a boomerang plan) is reused when it was
@@ -297,10 +310,26 @@ def _student_dir(family: Family) -> Path | None:
 @torch.no_grad()
 def _fingerprint(family: Family, calibration: torch.Tensor) -> str:
     """A hash of the calibration ids, the plan, the dtype and a checksum of the teacher's and student's weights."""
-    sums = [torch.stack([p.double().sum() for p in m.parameters()]).sum().item() for m in (family.teacher, family.student)]
-    parts = [calibration.cpu().numpy().tobytes(), str(tuple(calibration.shape)).encode(), repr(family.plan).encode(),
-             str(family.teacher.dtype).encode(), f"{sums[0]:.8e} {sums[1]:.8e}".encode()]
+    sums = [
+        torch.stack([p.double().sum() for p in m.parameters()]).sum().item() for m in (family.teacher, family.student)
+    ]
+    parts = [
+        calibration.cpu().numpy().tobytes(),
+        str(tuple(calibration.shape)).encode(),
+        repr(family.plan).encode(),
+        str(family.teacher.dtype).encode(),
+        f"{sums[0]:.8e} {sums[1]:.8e}".encode(),
+    ]
     return hashlib.sha256(b"|".join(parts)).hexdigest()
 
 
-ORDERS.update({name: partial(search, name=name) for name in SEARCHES})
+@register_order("klpatch")
+def klpatch_order(family: Family) -> Order:
+    """The "klpatch" order: greedy calibration-KL patching, searched once per family (see `search`)."""
+    return search(family, "klpatch")
+
+
+@register_order("optimal")
+def optimal_order(family: Family) -> Order:
+    """The "optimal" order: the patch sets of least summed calibration KL, searched once per family (see `search`)."""
+    return search(family, "optimal")

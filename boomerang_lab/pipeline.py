@@ -1,29 +1,24 @@
 """The whole study from one command: the numbered notebooks executed in order with papermill."""
+
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = ROOT / "notebooks"
-PIPELINE = ("01_distill", "02_interpolate", "03_evaluate", "04_figures", "06_alignment")
+PIPELINE = ("01_distill", "02_interpolate", "03_evaluate", "04_figures", "05_explore", "06_alignment", "07_orders")
 
 
-@dataclass(frozen=True)
-class Profile:
-    """A pipeline profile's defaults (the recipe and evaluation settings are distill's and evaluate's profiles)."""
+def __getattr__(name: str):
+    if name == "PROFILES":  # the pipeline part of every profile in boomerang_lab.profiles
+        from .profiles import PROFILES
 
-    teacher: str
-    random_init: bool  # also distil a randomly initialised student: the random-init baseline
-    orders: tuple[str, ...]  # the patch orders evaluated
-
-
-PROFILES = {"smoke": Profile("smollm2-tiny-random", True, ("last",)),
-            "quick": Profile("smollm2-135m", False, ("last",)),
-            "paper": Profile("smollm2-135m", True, ("last", "first", "klpatch", "optimal"))}
-"""smoke: seconds on a tiny random model (every code path); quick: the CPU main job; paper: a GPU."""
+        return {key: profile.pipeline for key, profile in PROFILES.items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class PipelineError(RuntimeError):
@@ -34,7 +29,7 @@ class PipelineError(RuntimeError):
 class RunConfig:
     """What `run` executes and where it writes. Fields left as None follow the profile (see `resolved`)."""
 
-    profile: str = "quick"
+    profile: str = "quick"  # a built-in profile's name or a .yaml/.json profile file (boomerang_lab.profiles)
     out: Path | None = None  # executed notebooks and the students; default outputs/<profile>
     teacher: str | None = None
     student: Path | None = None  # the distilled student's directory; default <out>/student
@@ -46,40 +41,71 @@ class RunConfig:
     figures: Path | None = None  # default figures/ (quick), figures/<profile>/ (others), smoke: <out>/figures
     notebooks: tuple[str, ...] = PIPELINE
     notebook_dir: Path = NOTEBOOK_DIR
+    publish: bool | None = None  # write the executed notebooks over their sources; None: only for the main job
+
+    def is_main_job(self) -> bool:
+        """The main job (`make run`): the quick profile with every default. Only it writes into the committed
+        figures/ and, unless told otherwise (`publish`), refreshes the committed notebooks' outputs."""
+        return dataclasses.replace(self, publish=None) == RunConfig()
 
     def resolved(self) -> "RunConfig":
-        """This config with every default filled in and every path absolute."""
-        if self.profile not in PROFILES:
-            raise ValueError(f"Unknown profile {self.profile!r}; use one of {', '.join(PROFILES)}.")
-        profile = PROFILES[self.profile]
-        smoke = self.profile == "smoke"
-        out = Path(self.out or ROOT / "outputs" / self.profile).resolve()
-        figures = self.figures or (out / "figures" if smoke else ROOT / "figures" if self.profile == "quick"
-                                   else ROOT / "figures" / self.profile)
-        results = self.results or (out / "results.csv" if smoke else ROOT / "results" / f"{self.profile}.csv")
-        return dataclasses.replace(self, out=out, teacher=self.teacher or profile.teacher,
-                                   random_init=profile.random_init if self.random_init is None else self.random_init,
-                                   orders=tuple(self.orders or profile.orders),
-                                   student=Path(self.student or out / "student").resolve(),
-                                   results=Path(results).resolve(), figures=Path(figures).resolve(),
-                                   notebook_dir=Path(self.notebook_dir).resolve())
+        """This config with every default filled in and every path absolute (a profile file's too, since the
+        notebooks run in their own folder and read the profile by this name)."""
+        from .profiles import get, is_profile_file
+
+        profile = get(self.profile)
+        name = str(Path(self.profile).resolve()) if is_profile_file(self.profile) else self.profile
+        smoke = profile.name == "smoke"
+        out = Path(self.out or ROOT / "outputs" / profile.name).resolve()
+        figures = self.figures or (
+            out / "figures"
+            if smoke
+            else ROOT / "figures"
+            if profile.name == "quick"
+            else ROOT / "figures" / profile.name
+        )
+        results = self.results or (out / "results.csv" if smoke else ROOT / "results" / f"{profile.name}.csv")
+        pipeline = profile.pipeline
+        return dataclasses.replace(
+            self,
+            profile=name,
+            out=out,
+            teacher=self.teacher or profile.teacher,
+            random_init=pipeline.random_init if self.random_init is None else self.random_init,
+            orders=tuple(self.orders or pipeline.orders),
+            student=Path(self.student or out / "student").resolve(),
+            results=Path(results).resolve(),
+            figures=Path(figures).resolve(),
+            notebook_dir=Path(self.notebook_dir).resolve(),
+        )
 
     def parameters(self) -> dict:
         """The values the notebooks' `parameters` cells receive (each notebook gets the ones it declares)."""
         random_student = str(self.out / "student_random") if self.random_init else None
-        return {"profile": self.profile, "teacher": self.teacher, "student": str(self.student),
-                "random_student": random_student, "tasks": self.tasks, "limit": self.limit, "orders": list(self.orders),
-                "results": str(self.results), "figures": str(self.figures)}
+        return {
+            "profile": self.profile,
+            "teacher": self.teacher,
+            "student": str(self.student),
+            "random_student": random_student,
+            "tasks": self.tasks,
+            "limit": self.limit,
+            "orders": list(self.orders),
+            "results": str(self.results),
+            "figures": str(self.figures),
+        }
 
 
 def run(config: RunConfig | str = "quick", progress: bool = True, **overrides) -> Path:
     """Execute the pipeline's notebooks in order into `config.out`, stopping at the first failure (PipelineError).
 
-    `overrides` are RunConfig fields, e.g. run("smoke", out=tmp_path). Returns the output folder.
+    `overrides` are RunConfig fields, e.g. run("smoke", out=tmp_path). Returns the output folder. With `publish`
+    (by default only for the main job), the executed notebooks, cleaned (`boomerang_lab.publish`), then replace
+    their sources, so that the committed notebooks show the main job's figures and tables.
     """
     import papermill
 
     config = RunConfig(config, **overrides) if isinstance(config, str) else dataclasses.replace(config, **overrides)
+    publish = config.is_main_job() if config.publish is None else config.publish
     config = config.resolved()
     sources = [config.notebook_dir / f"{name}.ipynb" for name in config.notebooks]
     missing = [str(s) for s in sources if not s.exists()]
@@ -93,13 +119,32 @@ def run(config: RunConfig | str = "quick", progress: bool = True, **overrides) -
         print(f"[{i}/{len(sources)}] {source.name} -> {executed}", flush=True)
         start = time.perf_counter()
         try:
-            papermill.execute_notebook(str(source), str(executed), cwd=str(source.parent), progress_bar=progress,
-                                       parameters={k: v for k, v in parameters.items() if k in declared})
+            # The notebook's printed lines (the distillation's steps and loss terms, a resume, the sweep's models)
+            # also reach this terminal, not only the executed notebook.
+            papermill.execute_notebook(
+                str(source),
+                str(executed),
+                cwd=str(source.parent),
+                progress_bar=progress,
+                parameters={k: v for k, v in parameters.items() if k in declared},
+                stdout_file=sys.stdout if progress else None,
+            )
         except Exception as err:
-            raise PipelineError(f"{source.name} failed ({_describe(err)}); stopped before "
-                                f"{', '.join(s.name for s in sources[i:]) or 'the end'}. The executed copy with the "
-                                f"traceback is {executed}.") from err
+            raise PipelineError(
+                f"{source.name} failed ({_describe(err)}); stopped before "
+                f"{', '.join(s.name for s in sources[i:]) or 'the end'}. The executed copy with the "
+                f"traceback is {executed}."
+            ) from err
         print(f"    done in {time.perf_counter() - start:.0f} s", flush=True)
+    if publish:  # only once every notebook ran, so that the committed ones come from one run
+        from .publish import publish as publish_notebook
+
+        for source in sources:
+            publish_notebook(config.out / source.name, source)
+        print(
+            f"Published the executed notebooks over {', '.join(s.name for s in sources)} in {config.notebook_dir}",
+            flush=True,
+        )
     return config.out
 
 

@@ -1,4 +1,5 @@
 """Which teacher layers the student keeps, and which teacher block each student layer stands for."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,10 @@ class LayerPlan:
         """The paper's initialisation: the first layers, then every `every`-th, then the last layers."""
         n = num_teacher_layers
         if keep_first < 1 or keep_last < 1 or every < 1 or keep_first + keep_last > n:
-            raise ValueError(f"Cannot build a paper plan with keep_first={keep_first}, keep_last={keep_last}, "
-                             f"every={every} for {n} teacher layers.")
+            raise ValueError(
+                f"Cannot build a paper plan with keep_first={keep_first}, keep_last={keep_last}, "
+                f"every={every} for {n} teacher layers."
+            )
         # Same rule as the paper's get_layer_mappings: align every `every`-th layer, cut the layers between.
         aligned = range(keep_first + every - 1, n - keep_last + 1, every)
         cut = {a - i for a in aligned for i in range(every - 1, 0, -1)}
@@ -76,8 +79,10 @@ class LayerPlan:
     def check_fits(self, teacher_layers: int, student_layers: int | None = None) -> None:
         """Raise a clear error if this plan does not describe these models."""
         if teacher_layers != self.num_teacher_layers:
-            raise ValueError(f"The plan is for a {self.num_teacher_layers}-layer teacher, "
-                             f"but the teacher has {teacher_layers} layers.")
+            raise ValueError(
+                f"The plan is for a {self.num_teacher_layers}-layer teacher, "
+                f"but the teacher has {teacher_layers} layers."
+            )
         if student_layers is not None and student_layers != len(self.kept):
             raise ValueError(f"The plan keeps {len(self.kept)} layers, but the student has {student_layers}.")
 

@@ -1,4 +1,5 @@
 """The paper's figures from the tidy results table and the distillation log, saved atomically as PNG and PDF."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -11,10 +12,20 @@ import seaborn as sns
 
 from .atomic import atomic_path
 from .evaluate.sweep import read_results
+from .evaluate.tasks import NOT_COMPARABLE
 
-PRIMARY_METRIC = {"arc_easy": "acc", "arc_challenge": "acc_norm", "piqa": "acc_norm", "hellaswag": "acc_norm",
-                  "winogrande": "acc", "boolq": "acc", "openbookqa": "acc_norm", "lambada_openai": "acc",
-                  "rte": "acc", "wikitext": "word_perplexity"}
+PRIMARY_METRIC = {
+    "arc_easy": "acc",
+    "arc_challenge": "acc_norm",
+    "piqa": "acc_norm",
+    "hellaswag": "acc_norm",
+    "winogrande": "acc",
+    "boolq": "acc",
+    "openbookqa": "acc_norm",
+    "lambada_openai": "acc",
+    "rte": "acc",
+    "wikitext": "word_perplexity",
+}
 """The metric each benchmark is usually reported with (lm-eval leaderboards; the paper's tables); the local copies
 (`<name>_local`) report the same."""
 FALLBACK_METRICS = ("acc_norm", "acc", "word_perplexity", "perplexity")
@@ -49,6 +60,11 @@ def primary_metric(results: pd.DataFrame, task: str) -> str:
     return sorted(present)[0]
 
 
+def task_title(task: str) -> str:
+    """A panel's title: the stock name, marked where the local copy's prompts differ from stock (NOT_COMPARABLE)."""
+    return task.removesuffix("_local") + (" (not comparable with stock)" if task in NOT_COMPARABLE else "")
+
+
 def lower_is_better(metric: str) -> bool:
     return "perplexity" in metric or metric in ("bits_per_byte", "loss")
 
@@ -70,15 +86,16 @@ def average_accuracy(results: pd.DataFrame, tasks: list[str] | None = None) -> p
     group = [c for c in KEY if c not in ("task", "metric")] + [c for c in X_AXES if c in rows]
     stderr = rows["stderr"] if "stderr" in rows else pd.Series(np.nan, index=rows.index)
     rows = rows.assign(var=stderr.astype(float) ** 2)
-    out = rows.groupby(group, dropna=False).agg(value=("value", "mean"), var=("var", lambda v: v.sum(skipna=False)),
-                                                n=("value", "size"))
+    out = rows.groupby(group, dropna=False).agg(
+        value=("value", "mean"), var=("var", lambda v: v.sum(skipna=False)), n=("value", "size")
+    )
     out = out[out.n == len(tasks)].reset_index()
     out["stderr"] = np.sqrt(out["var"]) / len(tasks)
     return out.drop(columns=["var", "n"]).assign(task="average", metric="acc")
 
 
 def size_axis(results: pd.DataFrame) -> str:
-    """"params" when every curve's parameter count grows with k, else "layers": members of a tied teacher's family that
+    """ "params" when every curve's parameter count grows with k, else "layers": members of a tied teacher's family that
     hold the student's embeddings and the teacher's head have more parameters than the teacher itself."""
     curves = results.dropna(subset=["k"]).sort_values("k").groupby(["method", "order", "student"], dropna=False)
     return "params" if all(c.params.is_monotonic_increasing for _, c in curves) else "layers"
@@ -93,13 +110,22 @@ def panel_rows(results: pd.DataFrame, task: str, metric: str | None = None) -> t
         metric = metric or primary_metric(results, task)
         rows = results[(results.task == task) & (results.metric == metric)]
         if rows.empty:
-            raise ValueError(f"No {metric!r} results for task {task!r}; metrics: "
-                             f"{sorted(set(results.loc[results.task == task, 'metric']))}.")
+            raise ValueError(
+                f"No {metric!r} results for task {task!r}; metrics: "
+                f"{sorted(set(results.loc[results.task == task, 'metric']))}."
+            )
     return rows.assign(curve=curve_labels(rows)).sort_values(["curve", "k", "params"]), metric
 
 
-def metric_vs_params(results: pd.DataFrame | str | Path, task: str, metric: str | None = None, ax=None,
-                     main: str = MAIN_METHOD, palette: Mapping[str, object] | None = None, x: str | None = None):
+def metric_vs_params(
+    results: pd.DataFrame | str | Path,
+    task: str,
+    metric: str | None = None,
+    ax=None,
+    main: str = MAIN_METHOD,
+    palette: Mapping[str, object] | None = None,
+    x: str | None = None,
+):
     """One panel: `metric` of `task` ("average" = mean accuracy) against size (`x`: params, layers, or None for
     `size_axis`), one line per method from k=0 to K, the teacher (star: the main method's largest k) and the student
     (diamond: its k=0) marked."""
@@ -124,17 +150,31 @@ def metric_vs_params(results: pd.DataFrame | str | Path, task: str, metric: str 
     student = rows[(rows.method == main) & (rows.k == 0)]
     if not student.empty:
         s = student.iloc[0]
-        ax.scatter([s[x] * scale], [s.value], marker="D", s=60, color=palette[s.curve], edgecolor="black",
-                   zorder=5, label="student")
+        ax.scatter(
+            [s[x] * scale],
+            [s.value],
+            marker="D",
+            s=60,
+            color=palette[s.curve],
+            edgecolor="black",
+            zorder=5,
+            label="student",
+        )
     if lower_is_better(metric):
         ax.set_yscale("log")
-    ax.set(xlabel=xlabel, ylabel=metric, title=task.removesuffix("_local"))
+    ax.set(xlabel=xlabel, ylabel=metric, title=task_title(task))
     ax.grid(alpha=0.3)
     return ax.figure
 
 
-def size_curves(results: pd.DataFrame | str | Path, tasks: list[str] | None = None, average: bool = True,
-                main: str = MAIN_METHOD, columns: int = 4, x: str | None = None):
+def size_curves(
+    results: pd.DataFrame | str | Path,
+    tasks: list[str] | None = None,
+    average: bool = True,
+    main: str = MAIN_METHOD,
+    columns: int = 4,
+    x: str | None = None,
+):
     """The paper's Fig. 2/3 grid: one panel per task (plus the average accuracy), one line per method; `x` as in
     `metric_vs_params`."""
     results = latest(results)
@@ -148,10 +188,10 @@ def size_curves(results: pd.DataFrame | str | Path, tasks: list[str] | None = No
     fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.3 * rows_n), squeeze=False)
     for ax, task in zip(axes.flat, panels):
         metric_vs_params(results, task, ax=ax, main=main, palette=palette, x=x)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.remove()
     legend = {}
-    for ax in axes.flat[:len(panels)]:
+    for ax in axes.flat[: len(panels)]:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(label, handle)
     fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=min(len(legend), 6), frameon=False)
@@ -159,8 +199,13 @@ def size_curves(results: pd.DataFrame | str | Path, tasks: list[str] | None = No
     return fig
 
 
-def perplexity_vs_size(results: pd.DataFrame | str | Path, task: str | None = None, metric: str | None = None,
-                       main: str = MAIN_METHOD, x: str | None = None):
+def perplexity_vs_size(
+    results: pd.DataFrame | str | Path,
+    task: str | None = None,
+    metric: str | None = None,
+    main: str = MAIN_METHOD,
+    x: str | None = None,
+):
     """Perplexity against size (log scale), one line per method; by default the first perplexity result."""
     results = latest(results)
     ppl = results[results.metric.str.contains("perplexity")]
@@ -181,8 +226,10 @@ def loss_curves(logs: pd.DataFrame | str | Path | Mapping[str, pd.DataFrame | st
     runs = {label: pd.read_csv(log) if isinstance(log, (str, Path)) else log for label, log in runs.items()}
     terms = [t for t in LOSS_TERMS if any(t in log and log[t].notna().any() for log in runs.values())]
     if not terms:
-        raise ValueError(f"The training log has none of the columns {LOSS_TERMS}; it has "
-                         f"{sorted({c for log in runs.values() for c in log.columns})}.")
+        raise ValueError(
+            f"The training log has none of the columns {LOSS_TERMS}; it has "
+            f"{sorted({c for log in runs.values() for c in log.columns})}."
+        )
     fig, axes = plt.subplots(1, len(terms), figsize=(3.2 * len(terms), 3), squeeze=False)
     for (label, log), color in zip(runs.items(), sns.color_palette("tab10", len(runs))):
         for ax, term in zip(axes.flat, terms):
@@ -213,21 +260,35 @@ def alignment_heatmap(alignment: pd.DataFrame, annotate: bool | None = None):
     grid = grid.loc[stages, list(dict.fromkeys(table.pair))]
     annotate = grid.shape[1] <= 24 if annotate is None else annotate
     fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * grid.shape[1] + 2), 1.0 + 0.6 * len(stages)))
-    sns.heatmap(grid, ax=ax, vmin=min(0.0, float(np.nanmin(grid.values))), vmax=1.0, cmap="viridis",
-                annot=annotate, fmt=".2f", annot_kws={"fontsize": 7}, cbar_kws={"label": "cosine"})
+    sns.heatmap(
+        grid,
+        ax=ax,
+        vmin=min(0.0, float(np.nanmin(grid.values))),
+        vmax=1.0,
+        cmap="viridis",
+        annot=annotate,
+        fmt=".2f",
+        annot_kws={"fontsize": 7},
+        cbar_kws={"label": "cosine"},
+    )
     ax.set(xlabel="student hidden state → teacher hidden state (0 = embeddings, last = final norm)", ylabel="")
     fig.tight_layout()
     return fig
 
 
-def save_figure(fig, directory: str | Path, name: str, formats: tuple[str, ...] = FORMATS) -> list[Path]:
-    """Write `fig` as directory/name.png and .pdf (each atomically), close it, and return the paths."""
+def save_figure(fig, directory: str | Path | None, name: str, formats: tuple[str, ...] = FORMATS) -> list[Path]:
+    """Write `fig` as directory/name.png and .pdf (each atomically), close it, and return the paths. With
+    `directory` None nothing is written (a notebook run without a figures folder only shows its figures)."""
     paths = []
+    if directory is None:
+        plt.close(fig)
+        return paths
     for fmt in formats:
         path = Path(directory) / f"{name}.{fmt}"
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight",
-                        metadata={"CreationDate": None} if fmt == "pdf" else None)
+            fig.savefig(
+                tmp, format=fmt, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if fmt == "pdf" else None
+            )
         paths.append(path)
     plt.close(fig)
     return paths

@@ -1,4 +1,5 @@
 """Initialise a student from a teacher by keeping the plan's layers (or the same shape, randomly initialised)."""
+
 from __future__ import annotations
 
 import copy
@@ -20,8 +21,9 @@ def student_config(teacher: PreTrainedModel, plan: LayerPlan):
     return config
 
 
-def init_student(teacher: PreTrainedModel, plan: LayerPlan, random_init: bool = False,
-                 seed: int = 0) -> PreTrainedModel:
+def init_student(
+    teacher: PreTrainedModel, plan: LayerPlan, random_init: bool = False, seed: int = 0
+) -> PreTrainedModel:
     """The teacher with only the kept layers, copied (the student trains independently), or random weights."""
     adapter = get_adapter(teacher)
     config = student_config(teacher, plan)

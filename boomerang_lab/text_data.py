@@ -1,4 +1,5 @@
 """Training text through `datasets`: local files (default: the shipped corpus) or a hub dataset, packed into blocks."""
+
 from __future__ import annotations
 
 import glob
@@ -19,13 +20,27 @@ TEXT_SUFFIXES = {".txt", ".text", ".md", ".raw", ".tokens"}
 Source = str | Path | Sequence[str | Path] | None
 
 
-def packed_blocks(tokenizer: PreTrainedTokenizerBase, source: Source = None, seq_len: int = 512, *,
-                  name: str | None = None, split: str = "train", text_field: str = "text",
-                  streaming: bool = True) -> Dataset | IterableDataset:
+def packed_blocks(
+    tokenizer: PreTrainedTokenizerBase,
+    source: Source = None,
+    seq_len: int = 512,
+    *,
+    name: str | None = None,
+    split: str = "train",
+    text_field: str = "text",
+    streaming: bool = True,
+    packing: bool = True,
+) -> Dataset | IterableDataset:
     """Rows of exactly `seq_len` token ids ("input_ids"): documents tokenised, joined with EOS, cut into blocks.
 
     `source`: None (the shipped corpus), local text files / directories / globs, or a hub dataset id (read with
-    `name`, `split`, `text_field`; streamed unless `streaming=False`). Evaluation splits and benchmark files are refused.
+    `name`, `split`, `text_field`; streamed unless `streaming=False`). Evaluation splits and benchmark files are
+    refused.
+
+    `packing=False` is the paper's layout instead: one document per row, truncated to `seq_len` tokens and
+    right-padded with EOS, with an "attention_mask" (0 on the padding) that `distill` also uses to ignore the padding
+    in every loss term. Empty documents are dropped. A local file is one document (the shipped corpus: 8 rows), so
+    this is meant for hub datasets of many documents (the paper: The Pile).
     """
     if seq_len < 2:
         raise ValueError(f"seq_len must be at least 2, got {seq_len}.")
@@ -48,9 +63,20 @@ def packed_blocks(tokenizer: PreTrainedTokenizerBase, source: Source = None, seq
         ids = tokenizer(batch[text_field], add_special_tokens=False, verbose=False)["input_ids"]
         stream = list(chain.from_iterable(doc + [eos] for doc in ids))
         usable = len(stream) // seq_len * seq_len
-        return {"input_ids": [stream[i:i + seq_len] for i in range(0, usable, seq_len)]}
+        return {"input_ids": [stream[i : i + seq_len] for i in range(0, usable, seq_len)]}
 
-    blocks = raw.map(pack, batched=True, batch_size=1000, remove_columns=[text_field])
+    def pad(batch: dict) -> dict:
+        docs = [
+            doc[:seq_len]
+            for doc in tokenizer(batch[text_field], add_special_tokens=False, verbose=False)["input_ids"]
+            if doc
+        ]
+        return {
+            "input_ids": [doc + [eos] * (seq_len - len(doc)) for doc in docs],
+            "attention_mask": [[1] * len(doc) + [0] * (seq_len - len(doc)) for doc in docs],
+        }
+
+    blocks = raw.map(pack if packing else pad, batched=True, batch_size=1000, remove_columns=[text_field])
     if files is not None and len(blocks) == 0:
         raise ValueError(f"{', '.join(map(str, files))} hold fewer than {seq_len} tokens: no block to train on.")
     return blocks
@@ -59,7 +85,12 @@ def packed_blocks(tokenizer: PreTrainedTokenizerBase, source: Source = None, seq
 def _looks_like_hub_id(name: str) -> bool:
     """`org/name` or `name`, not a path to a (missing) text file."""
     path = Path(name)
-    return not path.is_absolute() and not name.startswith(".") and name.count("/") <= 1 and path.suffix not in TEXT_SUFFIXES
+    return (
+        not path.is_absolute()
+        and not name.startswith(".")
+        and name.count("/") <= 1
+        and path.suffix not in TEXT_SUFFIXES
+    )
 
 
 def _local_files(source: Source) -> list[Path] | None:
@@ -84,6 +115,7 @@ def _local_files(source: Source) -> list[Path] | None:
     for f in files:
         inside = f.resolve().is_relative_to(DATA_DIR.resolve())
         if inside and f.resolve() not in corpus:
-            raise ValueError(f"{f} is evaluation data; train only on the corpus ({', '.join(CORPUS_FILES)}) "
-                             f"or your own text.")
+            raise ValueError(
+                f"{f} is evaluation data; train only on the corpus ({', '.join(CORPUS_FILES)}) or your own text."
+            )
     return files

@@ -1,4 +1,5 @@
 """Atomic writes: all or nothing, no temporary files left, and the permissions a plain write would give."""
+
 import os
 import stat
 

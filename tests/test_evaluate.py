@@ -1,4 +1,5 @@
 """Evaluation: local lm-eval tasks, the wrapper's exactness, perplexity, the baselines, and resumable sweeps."""
+
 import copy
 import importlib
 import json
@@ -14,9 +15,20 @@ from boomerang_lab import Family, LayerPlan, init_student
 from boomerang_lab.adapters import get_adapter, layers_of, set_num_layers
 from boomerang_lab.cli import main
 from boomerang_lab.distill import CONFIG_FILE, profile, run_name
-from boomerang_lab.evaluate import (EVAL_PROFILES, LOCAL_TASKS, PPL_TASK, PerplexityConfig, block_influence,
-                                    evaluate_lm, naive_pruning, perplexity, read_results, shortgpt, sweep,
-                                    teacher_view)
+from boomerang_lab.evaluate import (
+    EVAL_PROFILES,
+    LOCAL_TASKS,
+    PPL_TASK,
+    PerplexityConfig,
+    block_influence,
+    evaluate_lm,
+    naive_pruning,
+    perplexity,
+    read_results,
+    shortgpt,
+    sweep,
+    teacher_view,
+)
 from boomerang_lab.evaluate.baselines import naive_layers
 from boomerang_lab.evaluate.lm_eval import manager_for
 from boomerang_lab.evaluate.tasks import utils as task_data
@@ -55,8 +67,18 @@ def ids(n=3, length=12, seed=0):
 
 
 # --- local task data and configs -----------------------------------------------------------------------------------
-SIZES = {"arc_easy": 2376, "arc_challenge": 1172, "piqa": 1838, "hellaswag": 10042, "winogrande": 1267,
-         "boolq": 3270, "openbookqa": 500, "lambada_openai": 5153, "rte": 277, "wikitext": 62}
+SIZES = {
+    "arc_easy": 2376,
+    "arc_challenge": 1172,
+    "piqa": 1838,
+    "hellaswag": 10042,
+    "winogrande": 1267,
+    "boolq": 3270,
+    "openbookqa": 500,
+    "lambada_openai": 5153,
+    "rte": 277,
+    "wikitext": 62,
+}
 
 
 @pytest.mark.parametrize("name", SIZES)
@@ -66,14 +88,18 @@ def test_local_files_load_in_the_stock_schema(name):
     assert len(docs) == SIZES[name]
     doc = docs[0]
     if name.startswith("arc"):
-        assert doc["answerKey"] in doc["choices"]["label"] and len(doc["choices"]["text"]) == len(doc["choices"]["label"])
+        assert doc["answerKey"] in doc["choices"]["label"] and len(doc["choices"]["text"]) == len(
+            doc["choices"]["label"]
+        )
     if name == "boolq":
         assert not doc["question"].endswith("?") and not doc["passage"].startswith("Passage: ")
         assert sum(d["label"] for d in docs) == 2033  # yes answers of the official dev set
     if name == "wikitext":
         assert docs[0]["page"].startswith(" = Robert Boulter = \n")
-        assert sum(len(d["page"]) for d in docs) + len(docs) - 1 == len(task_data.data_file(
-            "wikitext-2/wiki.test.raw").read_text(encoding="utf-8")) - 2  # every line but the leading blank one
+        assert (
+            sum(len(d["page"]) for d in docs) + len(docs) - 1
+            == len(task_data.data_file("wikitext-2/wiki.test.raw").read_text(encoding="utf-8")) - 2
+        )  # every line but the leading blank one
 
 
 def test_missing_file_error_names_the_file(monkeypatch, tmp_path):
@@ -82,11 +108,18 @@ def test_missing_file_error_names_the_file(monkeypatch, tmp_path):
         task_data.piqa.__wrapped__()
 
 
-EXPECTED = {"arc_easy_local": {"acc", "acc_norm"}, "arc_challenge_local": {"acc", "acc_norm"},
-            "piqa_local": {"acc", "acc_norm"}, "hellaswag_local": {"acc", "acc_norm"}, "winogrande_local": {"acc"},
-            "boolq_local": {"acc"}, "openbookqa_local": {"acc", "acc_norm"},
-            "lambada_openai_local": {"perplexity", "acc"}, "rte_local": {"acc"},
-            "wikitext_local": {"word_perplexity", "byte_perplexity", "bits_per_byte"}}
+EXPECTED = {
+    "arc_easy_local": {"acc", "acc_norm"},
+    "arc_challenge_local": {"acc", "acc_norm"},
+    "piqa_local": {"acc", "acc_norm"},
+    "hellaswag_local": {"acc", "acc_norm"},
+    "winogrande_local": {"acc"},
+    "boolq_local": {"acc"},
+    "openbookqa_local": {"acc", "acc_norm"},
+    "lambada_openai_local": {"perplexity", "acc"},
+    "rte_local": {"acc"},
+    "wikitext_local": {"word_perplexity", "byte_perplexity", "bits_per_byte"},
+}
 
 
 def test_every_local_task_runs_with_a_limit(smol):
@@ -114,8 +147,13 @@ def test_wrapper_gives_the_numbers_of_plain_simple_evaluate(smol, smol_family):
     member = smol_family.build(1, "last")
     tasks = ["arc_easy_local", "winogrande_local", "lambada_openai_local"]
     ours = evaluate_lm(member, tok, tasks, limit=3)
-    plain = simple_evaluate(HFLM(pretrained=member, tokenizer=tok), tasks=tasks, limit=3, bootstrap_iters=1000,
-                            task_manager=manager_for(tasks))["results"]
+    plain = simple_evaluate(
+        HFLM(pretrained=member, tokenizer=tok),
+        tasks=tasks,
+        limit=3,
+        bootstrap_iters=1000,
+        task_manager=manager_for(tasks),
+    )["results"]
     assert len(ours) == 5
     for row in ours.itertuples():
         assert row.value == plain[row.task][f"{row.metric},none"]
@@ -131,6 +169,7 @@ def test_progress_bars_can_be_hidden_without_changing_numbers(smol, smol_family,
     assert "Running loglikelihood requests" not in capfd.readouterr().err
     pd.testing.assert_frame_equal(shown, hidden)
     import lm_eval.api.task
+
     assert lm_eval.api.task.tqdm.__module__.startswith("tqdm")  # restored
 
 
@@ -159,7 +198,7 @@ def test_strided_perplexity_matches_the_textbook_loop(smol, window, stride, max_
     for begin in range(0, len(x), stride):
         end = min(begin + window, len(x))
         target = x[begin:end].clone()
-        target[:-(end - prev_end)] = -100
+        target[: -(end - prev_end)] = -100
         with torch.no_grad():
             loss = model(x[None, begin:end], labels=target[None]).loss.item()
         valid = int((target[1:] != -100).sum())
@@ -247,10 +286,23 @@ TINY_PPL = PerplexityConfig(window=32, stride=32, max_tokens=64)
 def test_sweep_covers_every_method(smol, smol_family, tmp_path):
     teacher, tok = smol
     random_student = perturb(init_student(teacher, PLAN8, random_init=True))
-    table = sweep(teacher, tok, smol_family.student, PLAN8, tasks=[PPL_TASK], ppl=TINY_PPL,
-                  methods=("boomerang", "naive", "shortgpt", "random_init", "distilled"), orders=("last", "first"),
-                  random_student=random_student, random_name="rand", distilled={5: random_student},
-                  teacher_name="tiny", student_name="student", calibration=(2, 16), results=tmp_path / "r.parquet")
+    table = sweep(
+        teacher,
+        tok,
+        smol_family.student,
+        PLAN8,
+        tasks=[PPL_TASK],
+        ppl=TINY_PPL,
+        methods=("boomerang", "naive", "shortgpt", "random_init", "distilled"),
+        orders=("last", "first"),
+        random_student=random_student,
+        random_name="rand",
+        distilled={5: random_student},
+        teacher_name="tiny",
+        student_name="student",
+        calibration=(2, 16),
+        results=tmp_path / "r.parquet",
+    )
     assert list(table.columns) == sweep_module.COLUMNS
     token = table[table.metric == "token_perplexity"].set_index(["method", "order", "k"]).sort_index()
     sizes = smol_family.sizes("last")
@@ -262,7 +314,8 @@ def test_sweep_covers_every_method(smol, smol_family, tmp_path):
     assert token.loc[("boomerang", "last", 3)].value == pytest.approx(teacher_ppl)
     assert token.loc[("naive", "first", 3)].value == pytest.approx(teacher_ppl)
     assert token.loc[("boomerang", "last", 0)].value == pytest.approx(
-        perplexity(smol_family.student, tok, config=TINY_PPL)["token_perplexity"])
+        perplexity(smol_family.student, tok, config=TINY_PPL)["token_perplexity"]
+    )
     random_ppl = perplexity(random_student, tok, config=TINY_PPL)["token_perplexity"]
     assert token.loc[("random_init", "first", 0)].value == pytest.approx(random_ppl)
     distilled = token.loc[("distilled", "")]
@@ -272,8 +325,9 @@ def test_sweep_covers_every_method(smol, smol_family, tmp_path):
 
 def test_sweep_runs_lm_eval_tasks_and_checks_its_inputs(smol, tmp_path):
     teacher, tok = smol
-    table = sweep(teacher, tok, None, PLAN8, tasks=["arc_easy_local"], limit=2, ks=[0], progress=False,
-                  results=tmp_path / "r.csv")
+    table = sweep(
+        teacher, tok, None, PLAN8, tasks=["arc_easy_local"], limit=2, ks=[0], progress=False, results=tmp_path / "r.csv"
+    )
     assert set(table.metric) == {"acc", "acc_norm"} and (table.limit == 2).all()
     assert table.student.unique().tolist() == ["teacher-init"]
     with pytest.raises(ValueError, match="shortgpt"):
@@ -286,8 +340,14 @@ def test_sweep_runs_lm_eval_tasks_and_checks_its_inputs(smol, tmp_path):
 
 def test_interrupted_sweep_resumes_without_duplicates(smol, smol_family, tmp_path, monkeypatch):
     teacher, tok = smol
-    args = dict(tasks=[PPL_TASK], ppl=TINY_PPL, methods=("boomerang", "naive"), teacher_name="tiny",
-                student_name="student", progress=False)
+    args = dict(
+        tasks=[PPL_TASK],
+        ppl=TINY_PPL,
+        methods=("boomerang", "naive"),
+        teacher_name="tiny",
+        student_name="student",
+        progress=False,
+    )
     full = sweep(teacher, tok, smol_family.student, PLAN8, results=tmp_path / "full.csv", **args)
     assert len(full) == 2 * 4 * 4 and not full.duplicated(sweep_module.KEY + ["metric"]).any()
 
@@ -312,20 +372,36 @@ def test_interrupted_sweep_resumes_without_duplicates(smol, smol_family, tmp_pat
     by_key = sweep_module.KEY + ["metric"]
     expected = full.drop(columns="timestamp").sort_values(by_key).reset_index(drop=True)
     for table in (resumed, again, on_disk):
-        pd.testing.assert_frame_equal(table.drop(columns="timestamp").sort_values(by_key).reset_index(drop=True),
-                                      expected, check_dtype=False)
+        pd.testing.assert_frame_equal(
+            table.drop(columns="timestamp").sort_values(by_key).reset_index(drop=True), expected, check_dtype=False
+        )
 
 
 def test_profiles_name_known_tasks():
-    for name, profile in EVAL_PROFILES.items():
-        assert set(profile.tasks) <= set(LOCAL_TASKS) | {PPL_TASK}, name
+    for name, settings in EVAL_PROFILES.items():
+        assert set(settings.tasks) <= set(LOCAL_TASKS) | {PPL_TASK}, name
     assert EVAL_PROFILES["paper"].limit is None and set(EVAL_PROFILES["paper"].tasks) == set(LOCAL_TASKS) | {PPL_TASK}
 
 
 def test_cli_evaluate_appends_to_the_table(tmp_path, capsys):
     results = tmp_path / "cli.csv"
-    argv = ["evaluate", "--profile", "smoke", "--teacher", "smollm2-tiny-random", "--tasks", PPL_TASK,
-            "--methods", "boomerang", "naive", "--ks", "0", "3", "--results", str(results)]
+    argv = [
+        "evaluate",
+        "--profile",
+        "smoke",
+        "--teacher",
+        "smollm2-tiny-random",
+        "--tasks",
+        PPL_TASK,
+        "--methods",
+        "boomerang",
+        "naive",
+        "--ks",
+        "0",
+        "3",
+        "--results",
+        str(results),
+    ]
     main(argv)
     table = read_results(results)
     assert len(table) == 2 * 2 * 4 and set(table.student) == {"teacher-init"} and set(table.limit) == {512}
@@ -343,7 +419,22 @@ def test_cli_evaluate_names_a_distilled_student_by_its_recipe(tmp_path):
     plan.save(student_dir)
     (student_dir / CONFIG_FILE).write_text(json.dumps({"config": asdict(profile("smoke")), "plan": plan.to_dict()}))
     results = tmp_path / "cli.csv"
-    main(["evaluate", "--profile", "smoke", "--teacher", "smollm2-tiny-random", "--student", str(student_dir),
-          "--tasks", PPL_TASK, "--ks", "0", "--results", str(results)])
+    main(
+        [
+            "evaluate",
+            "--profile",
+            "smoke",
+            "--teacher",
+            "smollm2-tiny-random",
+            "--student",
+            str(student_dir),
+            "--tasks",
+            PPL_TASK,
+            "--ks",
+            "0",
+            "--results",
+            str(results),
+        ]
+    )
     assert set(read_results(results).student) == {run_name(student_dir)}
     assert run_name(student_dir).startswith("student@")

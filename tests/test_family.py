@@ -1,4 +1,5 @@
 """Exactness of the interpolated family on tiny random models of every decoder architecture."""
+
 import copy
 
 import pytest
@@ -87,8 +88,9 @@ def test_generate_with_cache_equals_greedy_without_cache(family):
     for order in ("last", "first"):
         for k in range(family.K + 1):
             member = family.build(k, order)
-            out = member.generate(x, attention_mask=mask, max_new_tokens=6, do_sample=False,
-                                  pad_token_id=0, eos_token_id=None)
+            out = member.generate(
+                x, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None
+            )
             seq = x
             for _ in range(6):
                 seq = torch.cat([seq, member(seq, use_cache=False).logits[:, -1:].argmax(-1)], 1)
@@ -99,8 +101,10 @@ def test_generate_with_cache_equals_greedy_without_cache(family):
 def test_teacher_and_student_unchanged_after_members_run(family):
     x = tokens()
     mask = torch.ones_like(x)
-    before = [(m(x).logits.clone(), len(m(x, output_hidden_states=True).hidden_states))
-              for m in (family.teacher, family.student)]
+    before = [
+        (m(x).logits.clone(), len(m(x, output_hidden_states=True).hidden_states))
+        for m in (family.teacher, family.student)
+    ]
     gen_before = family.teacher.generate(x, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
     for order in ("last", "first"):
         for k in range(family.K + 1):
@@ -112,7 +116,10 @@ def test_teacher_and_student_unchanged_after_members_run(family):
         assert len(m(x, output_hidden_states=True).hidden_states) == n_hidden
     gen_after = family.teacher.generate(x, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert torch.equal(gen_before, gen_after)
-    assert [l.self_attn.layer_idx if hasattr(l, "self_attn") else None for l in layers_of(family.teacher)][:1] in ([0], [None])
+    assert [l.self_attn.layer_idx if hasattr(l, "self_attn") else None for l in layers_of(family.teacher)][:1] in (
+        [0],
+        [None],
+    )
 
 
 def test_members_share_weights_and_layer_indices_are_restored(family):
@@ -151,9 +158,11 @@ def test_sizes_count_shared_and_tied_tensors_once(arch):
     # k=1 of "last": student embeddings feed the teacher's (tied) head: the head is an extra tensor now.
     member = family.build(1, "last")
     layer_params = sum(p.numel() for l in layers_of(member) for p in l.parameters())
-    assert table.params.iloc[1] == s_params - sum(p.numel() for l in layers_of(family.student) for p in l.parameters()) \
-        + layer_params + embed + sum(p.numel() for p in family.teacher.get_submodule(get_adapter(member).final_norm).parameters()) \
-        - sum(p.numel() for p in family.student.get_submodule(get_adapter(member).final_norm).parameters())
+    assert table.params.iloc[1] == s_params - sum(
+        p.numel() for l in layers_of(family.student) for p in l.parameters()
+    ) + layer_params + embed + sum(
+        p.numel() for p in family.teacher.get_submodule(get_adapter(member).final_norm).parameters()
+    ) - sum(p.numel() for p in family.student.get_submodule(get_adapter(member).final_norm).parameters())
     assert (table.bytes == table.params * 4).all()
 
 
@@ -179,9 +188,19 @@ def test_qwen3_sliding_window_layer_types_follow_the_layers():
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(0)
-    config = Qwen3Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=4,
-                         num_key_value_heads=2, head_dim=8, intermediate_size=64, use_sliding_window=True,
-                         sliding_window=4, max_window_layers=3, max_position_embeddings=64)
+    config = Qwen3Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        intermediate_size=64,
+        use_sliding_window=True,
+        sliding_window=4,
+        max_window_layers=3,
+        max_position_embeddings=64,
+    )
     teacher = Qwen3ForCausalLM(config).eval()
     assert len(set(teacher.config.layer_types)) == 2
     plan = LayerPlan.paper(LAYERS)
@@ -190,8 +209,10 @@ def test_qwen3_sliding_window_layer_types_follow_the_layers():
     with torch.no_grad():
         for k in range(family.K + 1):
             member = family.build(k, "last")
-            assert member.config.layer_types == [l.self_attn.layer_type if hasattr(l.self_attn, "layer_type")
-                                                 else l.attention_type for l in layers_of(member)]
+            assert member.config.layer_types == [
+                l.self_attn.layer_type if hasattr(l.self_attn, "layer_type") else l.attention_type
+                for l in layers_of(member)
+            ]
             assert torch.equal(member(x).logits, by_hand(family, set(family.order("last").patched(k)))(x).logits)
 
 

@@ -1,4 +1,5 @@
 """Each loss term against a direct computation; chunking, padding and switching terms off."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,11 +12,14 @@ PLAN = LayerPlan.paper(8)
 
 
 def make_inputs(seed=0, pad=2):
-    """Random student logits/states (leaf tensors), teacher states and head; the last `pad` tokens of row 1 are padding."""
+    """Random student logits/states (leaf tensors), teacher states and head; the last `pad` tokens of row 1 are
+    padding."""
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(B, S, V, generator=g, dtype=torch.float64).requires_grad_()
-    student = [torch.randn(B, S, H, generator=g, dtype=torch.float64).requires_grad_()
-               for _ in range(PLAN.num_student_layers + 1)]
+    student = [
+        torch.randn(B, S, H, generator=g, dtype=torch.float64).requires_grad_()
+        for _ in range(PLAN.num_student_layers + 1)
+    ]
     teacher = [torch.randn(B, S, H, generator=g, dtype=torch.float64) for _ in range(PLAN.num_teacher_layers + 1)]
     head = torch.nn.Linear(H, V, dtype=torch.float64)
     mask = torch.ones(B, S, dtype=torch.long)
@@ -83,8 +87,16 @@ def test_no_mask_means_every_token_counts():
     torch.testing.assert_close(with_mask, without)
 
 
-@pytest.mark.parametrize("weights", [dict(kl_weight=0, cos_weight=0), dict(cos_weight=0), dict(kl_weight=0),
-                                     dict(ce_weight=0, kl_weight=0), dict(ce_weight=0)])
+@pytest.mark.parametrize(
+    "weights",
+    [
+        dict(kl_weight=0, cos_weight=0),
+        dict(cos_weight=0),
+        dict(kl_weight=0),
+        dict(ce_weight=0, kl_weight=0),
+        dict(ce_weight=0),
+    ],
+)
 def test_switching_terms_off(weights):
     config = LossConfig(**weights)
     logits, student, teacher, head, labels, mask = make_inputs()

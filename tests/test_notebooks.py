@@ -1,4 +1,10 @@
-"""Every notebook executed by papermill in the smoke profile (tiny random teacher), and the pipeline's failure path."""
+"""The committed notebooks: each runs (papermill, smoke profile), its parameters cell matches what the pipeline passes
+and every parameter is used; their outputs, when the main job published some, are fit to commit."""
+
+import ast
+import json
+from pathlib import Path
+
 import nbformat
 import papermill
 import pytest
@@ -6,18 +12,49 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from boomerang_lab import pipeline
 from boomerang_lab.cli import main
-from boomerang_lab.pipeline import NOTEBOOK_DIR, PIPELINE, PipelineError, run
+from boomerang_lab.pipeline import NOTEBOOK_DIR, PIPELINE, PipelineError, RunConfig, run
+from boomerang_lab.publish import WIDGET_NOTE, problems, publish
 
-OURS = (*PIPELINE, "05_explore")
-FIGURES = ("size_curves", "perplexity_vs_size", "loss_curves", "alignment")
+NOTEBOOKS = sorted(p.stem for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+FIGURES = ("size_curves", "perplexity_vs_size", "loss_curves", "alignment", "07_orders")
+PIPELINE_INPUTS = {
+    "01_distill": {"profile", "teacher", "student", "random_student"},
+    "02_interpolate": {"teacher", "student"},
+    "03_evaluate": {"profile", "teacher", "student", "random_student", "tasks", "limit", "orders", "results"},
+    "04_figures": {"student", "random_student", "results", "figures"},
+    "05_explore": {"teacher", "student", "results"},
+    "06_alignment": {"teacher", "student", "random_student", "figures"},
+    "07_orders": {"figures"},
+}
+"""What each pipeline notebook takes from `RunConfig.parameters()` (the names must be the pipeline's)."""
+KNOBS = {
+    "01_distill": {"retrain"},
+    "02_interpolate": {"device", "prompt", "max_new_tokens"},
+    "03_evaluate": {"device"},
+    "04_figures": set(),
+    "05_explore": {"device"},
+    "06_alignment": {"device", "num_sequences", "seq_len"},
+    "07_orders": {"study"},
+}
+"""The notebook's own settings, which the pipeline leaves at their defaults."""
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """The smoke pipeline (01→04, 06) run once into a temporary folder."""
-    out = tmp_path_factory.mktemp("smoke")
-    run("smoke", out=out, progress=False)
-    return out
+def _read(name):
+    return nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+
+
+def _defaults(name) -> dict:
+    return {
+        k: ast.literal_eval(v["default"])
+        for k, v in papermill.inspect_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb")).items()
+    }
+
+
+def _names_used(nb) -> set[str]:
+    code = "\n".join(
+        c.source for c in nb.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])
+    )
+    return {n.id for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
 
 
 def errors(path) -> list[str]:
@@ -25,14 +62,61 @@ def errors(path) -> list[str]:
     return [f"{o.ename}: {o.evalue}" for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
 
 
-@pytest.mark.parametrize("name", OURS)
-def test_sources_have_a_parameters_cell_and_no_outputs(name):
-    nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
-    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+# --- the sources ---------------------------------------------------------------------------------------------------
+def test_every_pipeline_notebook_is_known():
+    assert set(PIPELINE) == set(PIPELINE_INPUTS) and set(PIPELINE) <= set(NOTEBOOKS)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_one_parameters_cell_under_a_set_up_heading_and_every_parameter_used(name):
+    nb = _read(name)
+    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1
-    assert "profile" in papermill.inspect_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"))
+    if name in PIPELINE:
+        above = [c.source for c in nb.cells[: tagged[0]] if c.cell_type == "markdown"]
+        assert above and above[-1].startswith("## Set-up"), "the parameters sit under a Set-up heading"
+        assert nb.cells[-1].cell_type == "markdown" and nb.cells[-1].source.startswith("## Reading the result")
+        assert nb.cells[0].cell_type == "markdown" and len(nb.cells[0].source) > 400  # an introduction, in prose
+    unused = set(_defaults(name)) - _names_used(nb)
+    assert not unused, f"{name} declares parameters it never uses: {sorted(unused)}"
+
+
+@pytest.mark.parametrize("name", PIPELINE)
+def test_parameters_cell_matches_what_the_pipeline_passes(name):
+    defaults = _defaults(name)
+    main_job = RunConfig().resolved().parameters()
+    assert set(defaults) & set(main_job) == PIPELINE_INPUTS[name]
+    assert set(defaults) - set(main_job) == KNOBS[name]
+    for key in PIPELINE_INPUTS[name]:  # run by hand, a notebook does what the main job does, but never writes figures/
+        default, passed = defaults[key], main_job[key]
+        if key == "figures":
+            assert default is None, f"{name}: by default, figures are only shown"
+        elif isinstance(default, str) and default.startswith(".."):
+            assert (NOTEBOOK_DIR / default).resolve() == Path(passed), (name, key)
+        else:
+            assert default == passed, (name, key)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_notebook_is_fit_to_commit(name):
+    """Without outputs (a source), or with the main job's published outputs: every code cell run, no error, no
+    absolute or temporary path, no widget state, no papermill cell, a modest size."""
+    nb = _read(name)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert not [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    if any(c.outputs or c.execution_count is not None for c in code):
+        assert name in PIPELINE, f"{name} is not run by the main job, so it carries no outputs"
+        assert all(c.execution_count is not None for c in code), f"{name}: a partly executed notebook"
+        assert problems(nb) == []
+
+
+# --- running them ----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The smoke pipeline (every notebook of PIPELINE, the committed sources) run once into a temporary folder."""
+    out = tmp_path_factory.mktemp("smoke")
+    run("smoke", out=out, progress=False)
+    return out
 
 
 def test_smoke_pipeline_executes_every_notebook_into_the_output_folder(smoke):
@@ -45,31 +129,81 @@ def test_smoke_pipeline_executes_every_notebook_into_the_output_folder(smoke):
     for figure in FIGURES:
         for fmt in ("png", "pdf"):
             assert (smoke / "figures" / f"{figure}.{fmt}").stat().st_size > 1000, (figure, fmt)
+    speeds = json.loads((smoke / "student" / "speed.json").read_text())  # 05 timed members, cached by the student
+    assert speeds and all(v > 0 for v in speeds.values())
 
 
-def test_explore_notebook(smoke):
-    executed = smoke / "05_explore.ipynb"
-    papermill.execute_notebook(str(NOTEBOOK_DIR / "05_explore.ipynb"), str(executed), cwd=str(smoke),
-                               progress_bar=False, parameters={"profile": "smoke", "teacher": "smollm2-tiny-random",
-                                                               "student": str(smoke / "student"),
-                                                               "results": str(smoke / "results.csv")})
-    assert not errors(executed)
+def _images(nb) -> int:
+    return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
 
 
-def test_smoke_defaults_never_write_into_the_committed_figures(tmp_path):
-    config = pipeline.RunConfig("smoke", out=tmp_path).resolved()
+def test_publishing_cleans_the_executed_notebooks(smoke, tmp_path):
+    for name in PIPELINE:
+        target = publish(smoke / f"{name}.ipynb", tmp_path / f"{name}.ipynb")
+        nb = nbformat.read(target, as_version=4)
+        assert problems(nb) == [] and str(smoke) not in target.read_text(), name
+        assert [c.source for c in nb.cells] == [c.source for c in _read(name).cells], name  # the source's cells
+        assert not [
+            o
+            for c in nb.cells
+            if c.cell_type == "code"
+            for o in c.outputs
+            if o.output_type == "stream" and o.name == "stderr"
+        ]
+        assert _images(nb) >= 1, f"{name} shows no figure"
+        assert target.stat().st_size < 1_500_000, name
+    explorer = nbformat.read(tmp_path / "05_explore.ipynb", as_version=4)
+    assert WIDGET_NOTE in nbformat.writes(explorer)
+
+
+def test_publish_refuses_a_notebook_with_an_error(tmp_path):
+    _notebook(tmp_path / "bad.ipynb", "x = 1", "raise ValueError('no')")
+    with pytest.raises(PipelineError):
+        run("smoke", out=tmp_path / "out", notebook_dir=tmp_path, notebooks=("bad",), progress=False, publish=True)
+    with pytest.raises(ValueError, match=r"Not publishing .*an error output \(ValueError: no\)"):
+        publish(tmp_path / "out" / "bad.ipynb", tmp_path / "bad.ipynb")
+    assert not nbformat.read(tmp_path / "bad.ipynb", as_version=4).cells[1].outputs  # the source is untouched
+
+
+def test_run_publishes_over_the_sources_only_when_every_notebook_ran(tmp_path):
+    _notebook(tmp_path / "a_ok.ipynb", "figures = None", f"print('ran in', {str(tmp_path)!r})")
+    _notebook(tmp_path / "b_ok.ipynb", "figures = None", "print('b')")
+    run("smoke", out=tmp_path / "out", notebook_dir=tmp_path, notebooks=("a_ok", "b_ok"), progress=False, publish=True)
+    published = nbformat.read(tmp_path / "a_ok.ipynb", as_version=4)
+    assert len(published.cells) == 2 and published.cells[1].outputs[0].text == "ran in <tmp>\n"
+    _notebook(tmp_path / "c_bad.ipynb", "figures = None", "raise ValueError('no')")
+    _notebook(tmp_path / "a_ok.ipynb", "figures = None", "print('again')")
+    with pytest.raises(PipelineError):
+        run(
+            "smoke",
+            out=tmp_path / "out2",
+            notebook_dir=tmp_path,
+            notebooks=("a_ok", "c_bad"),
+            progress=False,
+            publish=True,
+        )
+    assert not nbformat.read(tmp_path / "a_ok.ipynb", as_version=4).cells[1].outputs
+
+
+def test_only_the_main_job_publishes_and_writes_the_committed_figures(tmp_path):
+    assert RunConfig().is_main_job() and RunConfig("quick").is_main_job()
+    assert not RunConfig("quick", out=tmp_path).is_main_job() and not RunConfig("smoke").is_main_job()
+    assert not RunConfig("quick", limit=5).is_main_job() and not RunConfig("quick", figures=tmp_path).is_main_job()
+    config = RunConfig("smoke", out=tmp_path).resolved()
     assert config.figures == tmp_path / "figures" and config.results == tmp_path / "results.csv"
-    quick, paper = pipeline.RunConfig("quick").resolved(), pipeline.RunConfig("paper", random_init=False).resolved()
-    assert quick.figures == pipeline.ROOT / "figures" and not quick.random_init and quick.orders == ("last",)
-    assert paper.figures == pipeline.ROOT / "figures" / "paper" and not paper.random_init and len(paper.orders) == 4
-    assert paper.parameters()["random_student"] is None
-    with pytest.raises(ValueError, match="Unknown profile 'fast'; use one of smoke, quick, paper"):
-        pipeline.RunConfig("fast").resolved()
+    quick = RunConfig("quick").resolved()
+    assert quick.figures == pipeline.ROOT / "figures" and quick.results == pipeline.ROOT / "results" / "quick.csv"
+    assert RunConfig("paper").resolved().figures == pipeline.ROOT / "figures" / "paper"
+    assert RunConfig("paper", random_init=False).resolved().parameters()["random_student"] is None
+    with pytest.raises(ValueError, match="Unknown profile 'fast'"):
+        RunConfig("fast").resolved()
 
 
 def _notebook(path, *sources):
-    nb = new_notebook(cells=[new_code_cell(s) for s in sources],
-                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nb = new_notebook(
+        cells=[new_code_cell(s) for s in sources],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    )
     nb.cells[0].metadata["tags"] = ["parameters"]
     nbformat.write(nb, path)
 
@@ -79,10 +213,19 @@ def test_a_failing_notebook_stops_the_run_and_is_named(tmp_path):
     _notebook(tmp_path / "b_bad.ipynb", "profile = None", "raise ValueError(f'broken on purpose in {profile}')")
     _notebook(tmp_path / "c_next.ipynb", "figures = None", "open(figures + '.c', 'w').write('ran')")
     marker = tmp_path / "marker"
-    with pytest.raises(PipelineError, match=r"b_bad.ipynb failed \(cell \d+: ValueError: broken on purpose in smoke\); "
-                                            r"stopped before c_next.ipynb"):
-        run("smoke", out=tmp_path / "out", figures=marker, notebook_dir=tmp_path,
-            notebooks=("a_ok", "b_bad", "c_next"), progress=False)
+    with pytest.raises(
+        PipelineError,
+        match=r"b_bad.ipynb failed \(cell \d+: ValueError: broken on purpose in smoke\); "
+        r"stopped before c_next.ipynb",
+    ):
+        run(
+            "smoke",
+            out=tmp_path / "out",
+            figures=marker,
+            notebook_dir=tmp_path,
+            notebooks=("a_ok", "b_bad", "c_next"),
+            progress=False,
+        )
     assert marker.read_text() == "ran" and not marker.with_suffix(".c").exists()
     assert errors(tmp_path / "out" / "b_bad.ipynb") == ["ValueError: broken on purpose in smoke"]
 
@@ -101,7 +244,27 @@ def test_cli_run_passes_options_and_exits_with_the_failure(monkeypatch):
 
     monkeypatch.setattr(pipeline, "run", fake_run)
     with pytest.raises(SystemExit, match=r"boomerang run: 03_evaluate.ipynb failed \(cell 3: KeyError: 'x'\)"):
-        main(["run", "--profile", "smoke", "--out", "o", "--tasks", "piqa_local", "arc_easy_local", "--limit", "5",
-              "--no-random-init"])
-    assert seen == {"profile": "smoke", "out": "o", "tasks": ["piqa_local", "arc_easy_local"], "limit": 5,
-                    "random_init": False}
+        main(
+            [
+                "run",
+                "--profile",
+                "smoke",
+                "--out",
+                "o",
+                "--tasks",
+                "piqa_local",
+                "arc_easy_local",
+                "--limit",
+                "5",
+                "--no-random-init",
+                "--no-publish",
+            ]
+        )
+    assert seen == {
+        "profile": "smoke",
+        "out": "o",
+        "tasks": ["piqa_local", "arc_easy_local"],
+        "limit": 5,
+        "random_init": False,
+        "publish": False,
+    }

@@ -1,18 +1,26 @@
 """Off-the-shelf pairs on tiny random models: DistilBERT under BERT (a bridged pair), DistilGPT2 under GPT-2,
 pseudo-perplexity against a direct computation, and notebook 08."""
+
 import math
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import (BertConfig, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM, DistilBertModel,
-                          GPT2Config, GPT2LMHeadModel)
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    DistilBertConfig,
+    DistilBertForMaskedLM,
+    DistilBertModel,
+    GPT2Config,
+    GPT2LMHeadModel,
+)
 
 from boomerang_lab import Family, LayerPlan, init_student
 from boomerang_lab.adapters import layers_of
 from boomerang_lab.bridges import as_teacher_class
+from boomerang_lab.evaluate.pseudo_perplexity import MaskTokens, family_pseudo_perplexity, pseudo_perplexity
 from boomerang_lab.pairs import BYTE_TOKENS, BYTE_VOCAB, DISTIL_KEPT, load_pair, pair_family, tiny_pair
-from boomerang_lab.pseudo_perplexity import MaskTokens, family_pseudo_perplexity, pseudo_perplexity
 
 ORDERS = ["last", "first", [2, 0], [[1, 4], 3, 5]]
 
@@ -64,10 +72,12 @@ def test_masked_endpoints_are_student_and_teacher(bert):
     x = tokens()
     for mask in (None, padding_mask(x)):
         for order in ("last", "first"):
-            assert torch.equal(family.build(0, order)(x, attention_mask=mask).logits,
-                               student(x, attention_mask=mask).logits)
-            assert torch.equal(family.build(family.K, order)(x, attention_mask=mask).logits,
-                               teacher(x, attention_mask=mask).logits)
+            assert torch.equal(
+                family.build(0, order)(x, attention_mask=mask).logits, student(x, attention_mask=mask).logits
+            )
+            assert torch.equal(
+                family.build(family.K, order)(x, attention_mask=mask).logits, teacher(x, attention_mask=mask).logits
+            )
 
 
 @torch.no_grad()
@@ -134,13 +144,24 @@ def test_bert_teacher_with_bert_student():
 
 # --- mismatches ------------------------------------------------------------------------------------------------------
 def bert_teacher(width: int = 32) -> BertForMaskedLM:
-    return BertForMaskedLM(BertConfig(vocab_size=BYTE_VOCAB, hidden_size=width, num_hidden_layers=12,
-                                      num_attention_heads=4, intermediate_size=64, max_position_embeddings=64))
+    return BertForMaskedLM(
+        BertConfig(
+            vocab_size=BYTE_VOCAB,
+            hidden_size=width,
+            num_hidden_layers=12,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    )
 
 
 def distilbert(width: int = 32, heads: int = 4, model=DistilBertForMaskedLM):
-    return model(DistilBertConfig(vocab_size=BYTE_VOCAB, dim=width, n_layers=6, n_heads=heads, hidden_dim=64,
-                                  max_position_embeddings=64))
+    return model(
+        DistilBertConfig(
+            vocab_size=BYTE_VOCAB, dim=width, n_layers=6, n_heads=heads, hidden_dim=64, max_position_embeddings=64
+        )
+    )
 
 
 def test_width_mismatch_is_a_clear_error():
@@ -162,8 +183,7 @@ def test_bridge_mismatches_and_bare_backbones():
     with pytest.raises(ValueError, match="DistilBertModel has no 'distilbert.embeddings.*masked-LM model"):
         as_teacher_class(bert_teacher(), distilbert(model=DistilBertModel))
     with pytest.raises(ValueError, match="same architecture"):
-        Family(bert_teacher(), GPT2LMHeadModel(GPT2Config(vocab_size=BYTE_VOCAB, n_embd=32, n_layer=6, n_head=4)),
-               plan)
+        Family(bert_teacher(), GPT2LMHeadModel(GPT2Config(vocab_size=BYTE_VOCAB, n_embd=32, n_layer=6, n_head=4)), plan)
 
 
 # --- GPT-2 teacher, DistilGPT2-shaped student ------------------------------------------------------------------------
@@ -199,11 +219,11 @@ def direct_pseudo_nll(model, ids: list[int], special: MaskTokens, window: int) -
     """One unpadded forward pass per token."""
     total = 0.0
     for start in range(0, len(ids), window):
-        chunk = ids[start:start + window]
+        chunk = ids[start : start + window]
         head = [special.cls] if special.cls is not None else []
         tail = [special.sep] if special.sep is not None else []
         for i, target in enumerate(chunk):
-            masked = head + chunk[:i] + [special.mask] + chunk[i + 1:] + tail
+            masked = head + chunk[:i] + [special.mask] + chunk[i + 1 :] + tail
             logits = model(torch.tensor([masked])).logits[0, len(head) + i]
             total -= logits.double().log_softmax(-1)[target].item()
     return total
@@ -256,5 +276,11 @@ def test_notebook_08_runs(tmp_path):
     assert [c for c in source.cells if "parameters" in c.metadata.get("tags", [])]
     assert all(not c.outputs and c.execution_count is None for c in source.cells if c.cell_type == "code")
     assert papermill.inspect_notebook(str(notebook))["offline"]["default"] == "True"
-    papermill.execute_notebook(str(notebook), str(tmp_path / notebook.name), kernel_name="python3",
-                               parameters={"max_tokens": 96, "window": 32}, cwd=str(tmp_path), progress_bar=False)
+    papermill.execute_notebook(
+        str(notebook),
+        str(tmp_path / notebook.name),
+        kernel_name="python3",
+        parameters={"max_tokens": 96, "window": 32},
+        cwd=str(tmp_path),
+        progress_bar=False,
+    )

@@ -1,4 +1,5 @@
 """Patch orders searched on calibration KL: validity, exactness of the fast subset path, optimality, caching."""
+
 import importlib.util
 import json
 import sys
@@ -14,8 +15,18 @@ from transformers import AutoModelForCausalLM, BertConfig, BertForMaskedLM
 
 from boomerang_lab import Family, LayerPlan, Order, curve_quality, init_student, patch_search
 from boomerang_lab.data import CORPUS_FILES, data_file
-from boomerang_lab.patch_search import (brute_force, calibration_set, klpatch, objective, optimal, order_kl,
-                                        patched_layers, search, shortest_path, subset_kl)
+from boomerang_lab.patch_search import (
+    brute_force,
+    calibration_set,
+    klpatch,
+    objective,
+    optimal,
+    order_kl,
+    patched_layers,
+    search,
+    shortest_path,
+    subset_kl,
+)
 from tiny import ARCHS, VOCAB, perturb, tiny_model
 
 IRREGULAR = LayerPlan.from_kept((0, 1, 4, 5, 7, 9), 10)
@@ -38,7 +49,7 @@ def reference_table(family: Family, calibration: torch.Tensor) -> list[float]:
     plan, x = family.plan, calibration
     target = torch.log_softmax(family.teacher(x).logits.double(), -1)
     table = []
-    for mask in range(2 ** family.K):
+    for mask in range(2**family.K):
         member = family.build(order=Order.explicit([patched_layers(plan, mask)] if mask else [], plan))
         logp = torch.log_softmax(member(x).logits.double(), -1)
         table.append((target.exp() * (target - logp)).sum(-1).mean().item())
@@ -60,9 +71,10 @@ def test_subset_kl_equals_kl_of_built_members(arch):
     family = make_family(arch)
     calibration = ids()
     fast = subset_kl(family, calibration, batch_size=2, progress=False)  # batches 2+2+1: uneven on purpose
-    assert fast.shape == (2 ** family.K,)
-    torch.testing.assert_close(fast, torch.tensor(reference_table(family, calibration), dtype=torch.float64),
-                               rtol=0, atol=1e-6)  # float32 logits
+    assert fast.shape == (2**family.K,)
+    torch.testing.assert_close(
+        fast, torch.tensor(reference_table(family, calibration), dtype=torch.float64), rtol=0, atol=1e-6
+    )  # float32 logits
     assert fast[0] > 1e-3 and abs(fast[-1]) < 1e-6  # the student differs; all patched is the teacher
     for mask in (1, 6):  # same batches and KL formula as the fast path: equal to rounding, i.e. same hidden states
         member = Order.explicit([patched_layers(family.plan, mask)], family.plan)
@@ -73,20 +85,34 @@ def test_subset_kl_equals_kl_of_built_members(arch):
 
 def _bert() -> BertForMaskedLM:
     torch.manual_seed(0)
-    return BertForMaskedLM(BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=8, num_attention_heads=4,
-                                      intermediate_size=64, max_position_embeddings=32)).eval()
+    return BertForMaskedLM(
+        BertConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=8,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=32,
+        )
+    ).eval()
 
 
-@pytest.mark.parametrize("make_teacher", [lambda: tiny_model("llama", 8, tie=False), _bert],
-                         ids=["untied_head_follows_the_end_blocks", "post_ln_encoder_without_final_norm"])
+@pytest.mark.parametrize(
+    "make_teacher",
+    [lambda: tiny_model("llama", 8, tie=False), _bert],
+    ids=["untied_head_follows_the_end_blocks", "post_ln_encoder_without_final_norm"],
+)
 def test_subset_kl_on_other_layouts(make_teacher):
     teacher = make_teacher()
     plan = LayerPlan.paper(8)
     family = Family(teacher, perturb(init_student(teacher, plan)), plan)
     calibration = ids(3)
-    torch.testing.assert_close(subset_kl(family, calibration, progress=False),
-                               torch.tensor(reference_table(family, calibration), dtype=torch.float64),
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        subset_kl(family, calibration, progress=False),
+        torch.tensor(reference_table(family, calibration), dtype=torch.float64),
+        rtol=0,
+        atol=1e-6,
+    )
 
 
 def test_patched_layers_follow_the_groups_of_from_blocks():
@@ -122,18 +148,22 @@ def test_optimal_equals_brute_force_and_never_loses_to_klpatch(layers):
     def score(order: Order) -> float:  # the objective, read from the reference table
         return sum(table[sum(1 << b for b, j in enumerate(multi) if j in order.patched(k))] for k in range(1, family.K))
 
-    orders = {name: fn(family, calibration, progress=False) for name, fn in (("optimal", optimal), ("klpatch", klpatch))}
+    orders = {
+        name: fn(family, calibration, progress=False) for name, fn in (("optimal", optimal), ("klpatch", klpatch))
+    }
     assert score(orders["optimal"]) == pytest.approx(best - table[-1], abs=1e-7)
     for order in (orders["klpatch"], family.order("last"), family.order("first")):
         assert score(orders["optimal"]) <= score(order) + 1e-7
-    assert objective(order_kl(family, orders["optimal"], calibration)) == pytest.approx(score(orders["optimal"]), abs=1e-6)
+    assert objective(order_kl(family, orders["optimal"], calibration)) == pytest.approx(
+        score(orders["optimal"]), abs=1e-6
+    )
 
 
 def test_shortest_path_equals_brute_force_on_random_tables():
     rng = np.random.default_rng(0)
     for K in range(1, 8):
         for _ in range(3):
-            table = rng.random(2 ** K)
+            table = rng.random(2**K)
             sequence = shortest_path(table)
             assert sorted(sequence) == list(range(K))
             assert table[np.cumsum([1 << b for b in sequence])].sum() == pytest.approx(brute_force(table)[0])
@@ -216,20 +246,25 @@ def test_calibration_set_is_training_text_deterministic_and_mixed():
 # --- curve quality -------------------------------------------------------------------------------------------------
 def curve(order: str, ppl: list[float], params: list[float] | None = None) -> pd.DataFrame:
     params = params or list(np.linspace(0, 100, len(ppl)))
-    return pd.DataFrame({"order": order, "k": range(len(ppl)), "layers": range(16, 16 + len(ppl)), "params": params,
-                         "ppl": ppl})
+    return pd.DataFrame(
+        {"order": order, "k": range(len(ppl)), "layers": range(16, 16 + len(ppl)), "params": params, "ppl": ppl}
+    )
 
 
 def test_curve_quality_on_hand_made_curves():
-    table = pd.concat([
-        curve("line", [80, 70, 60, 50, 40]),
-        curve("bump", [80, 90, 60, 50, 40]),  # one step up of 10 on a gap of 40
-        curve("convex", [80, 40, 40]),  # y = 1, 0, 0 at x = 0, .5, 1: area .25 below the line
-        curve("cross", [80, 90, 40, 40, 40], [0, 25, 50, 75, 100]),  # above then below the line
-    ])
+    table = pd.concat(
+        [
+            curve("line", [80, 70, 60, 50, 40]),
+            curve("bump", [80, 90, 60, 50, 40]),  # one step up of 10 on a gap of 40
+            curve("convex", [80, 40, 40]),  # y = 1, 0, 0 at x = 0, .5, 1: area .25 below the line
+            curve("cross", [80, 90, 40, 40, 40], [0, 25, 50, 75, 100]),  # above then below the line
+        ]
+    )
     q = curve_quality(table, x="params").set_index("order")
     assert q.equals(curve_quality(table).set_index("order"))  # evenly spaced: the same in layers
-    assert q.loc["line", ["violations", "worst_violation", "area", "signed_area"]].tolist() == pytest.approx([0, 0, 0, 0])
+    assert q.loc["line", ["violations", "worst_violation", "area", "signed_area"]].tolist() == pytest.approx(
+        [0, 0, 0, 0]
+    )
     assert q.loc["bump", "violations"] == 1 and q.loc["bump", "worst_violation"] == pytest.approx(0.25)
     assert q.loc["bump", "area"] == pytest.approx(0.25 * 0.5) == q.loc["bump", "signed_area"]
     assert q.loc["convex", "area"] == pytest.approx(0.25) and q.loc["convex", "signed_area"] == pytest.approx(-0.25)
@@ -240,7 +275,9 @@ def test_curve_quality_on_hand_made_curves():
 
 
 def test_curve_quality_higher_is_better_groups_and_errors():
-    table = pd.concat([curve("a", [0.3, 0.5, 0.4, 0.6]), curve("b", [0.3, 0.4, 0.5, 0.6])]).rename(columns={"ppl": "acc"})
+    table = pd.concat([curve("a", [0.3, 0.5, 0.4, 0.6]), curve("b", [0.3, 0.4, 0.5, 0.6])]).rename(
+        columns={"ppl": "acc"}
+    )
     table["variant"] = "v"
     q = curve_quality(table, metric="acc", by=("variant", "order"), lower_is_better=False).set_index("order")
     assert q.violations.to_dict() == {"a": 1, "b": 0} and q.loc["a", "worst_violation"] == pytest.approx(1 / 3)
@@ -263,10 +300,28 @@ def test_study_smoke_run_and_notebook(tmp_path, monkeypatch):
     study = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "study_orders", study)  # dataclasses look their module up
     spec.loader.exec_module(study)
-    out = study.main(["--profile", "smoke", "--device", "cpu", "--out", str(tmp_path / "out"),
-                      "--work", str(tmp_path / "work"), "--variants", "paper"])
-    assert sorted(p.name for p in out.iterdir()) == ["curve_quality.csv", "distill_log.csv", "orders.json",
-                                                     "orders_ppl.csv", "orders_ppl.png", "study.json"]
+    out = study.main(
+        [
+            "--profile",
+            "smoke",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "out"),
+            "--work",
+            str(tmp_path / "work"),
+            "--variants",
+            "paper",
+        ]
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "curve_quality.csv",
+        "distill_log.csv",
+        "orders.json",
+        "orders_ppl.csv",
+        "orders_ppl.png",
+        "study.json",
+    ]
     table = pd.read_csv(out / "orders_ppl.csv")
     assert list(table.columns) == ["variant", "order", "k", "layers", "params", "ppl", "word_ppl", "kl"]
     K = json.loads((out / "orders.json").read_text())["paper"]["K"]
@@ -277,14 +332,18 @@ def test_study_smoke_run_and_notebook(tmp_path, monkeypatch):
     assert (tmp_path / "work" / "paper" / "order_optimal.json").exists()  # saved next to the student
 
     executed = tmp_path / "07_orders.ipynb"
-    papermill.execute_notebook(str(ROOT / "notebooks" / "07_orders.ipynb"), str(executed), cwd=str(tmp_path),
-                               progress_bar=False, parameters={"study": str(out), "figures": str(tmp_path / "fig")})
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / "07_orders.ipynb"),
+        str(executed),
+        cwd=str(tmp_path),
+        progress_bar=False,
+        parameters={"study": str(out), "figures": str(tmp_path / "fig")},
+    )
     nb = nbformat.read(executed, as_version=4)
     assert not [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert (tmp_path / "fig" / "07_orders.png").stat().st_size > 1000
 
 
-def test_notebook_source_is_clean():
+def test_notebook_source_has_a_parameters_cell():  # its outputs, if any, are the main job's (test_notebooks.py)
     nb = nbformat.read(ROOT / "notebooks" / "07_orders.ipynb", as_version=4)
     assert [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert all(not c.outputs and c.execution_count is None for c in nb.cells if c.cell_type == "code")

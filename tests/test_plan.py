@@ -24,12 +24,15 @@ def paper_mapping(first: int, last: int, every: int, n: int):
     return aligned, cut
 
 
-@pytest.mark.parametrize("n, expected", [
-    (36, [*range(0, 35, 2), 35]),
-    (30, [*range(0, 29, 2), 29]),
-    (32, [*range(0, 31, 2), 31]),
-    (28, [*range(0, 27, 2), 27]),
-])
+@pytest.mark.parametrize(
+    "n, expected",
+    [
+        (36, [*range(0, 35, 2), 35]),
+        (30, [*range(0, 29, 2), 29]),
+        (32, [*range(0, 31, 2), 31]),
+        (28, [*range(0, 27, 2), 27]),
+    ],
+)
 def test_paper_plans(n, expected):
     plan = LayerPlan.paper(n)
     assert list(plan.kept) == expected
@@ -83,11 +86,14 @@ def test_json_round_trips(tmp_path):
     assert LayerPlan.load(tmp_path) == plan
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(kept=(1, 2), num_teacher_layers=4), "layer 0"),
-    (dict(kept=(0, 2, 2), num_teacher_layers=4), "strictly increasing"),
-    (dict(kept=(0, 5), num_teacher_layers=4), "outside"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(kept=(1, 2), num_teacher_layers=4), "layer 0"),
+        (dict(kept=(0, 2, 2), num_teacher_layers=4), "strictly increasing"),
+        (dict(kept=(0, 5), num_teacher_layers=4), "outside"),
+    ],
+)
 def test_bad_plans(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LayerPlan(**kwargs)

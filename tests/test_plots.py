@@ -24,10 +24,23 @@ def fake_results(tasks=("arc_easy", "piqa", "wikitext")) -> pd.DataFrame:
                 else:
                     metrics = {"acc": 0.3 + 0.4 * q, "acc_norm": 0.25 + 0.4 * q}
                 for metric, value in metrics.items():
-                    rows.append(dict(teacher="t", student="s", method=method, order=order, k=k, layers=5 + k,
-                                     params=PARAMS[k], task=task, metric=metric, value=value,
-                                     stderr=0.01 if metric.startswith("acc") else np.nan, limit=10,
-                                     timestamp="2026-01-01T00:00:00"))
+                    rows.append(
+                        dict(
+                            teacher="t",
+                            student="s",
+                            method=method,
+                            order=order,
+                            k=k,
+                            layers=5 + k,
+                            params=PARAMS[k],
+                            task=task,
+                            metric=metric,
+                            value=value,
+                            stderr=0.01 if metric.startswith("acc") else np.nan,
+                            limit=10,
+                            timestamp="2026-01-01T00:00:00",
+                        )
+                    )
     return pd.DataFrame(rows)
 
 
@@ -37,8 +50,13 @@ def test_latest_keeps_the_newest_row_of_each_measurement():
     table = plots.latest(pd.concat([newer, results]))
     assert len(table) == len(results)
     first = results.iloc[0]
-    match = table[(table.method == first.method) & (table.order == first.order) & (table.k == first.k)
-                  & (table.task == first.task) & (table.metric == first.metric)]
+    match = table[
+        (table.method == first.method)
+        & (table.order == first.order)
+        & (table.k == first.k)
+        & (table.task == first.task)
+        & (table.metric == first.metric)
+    ]
     assert match.value.tolist() == [-1.0]
 
 
@@ -54,7 +72,10 @@ def test_primary_metric():
     assert plots.primary_metric(results, "wikitext") == "word_perplexity"
     assert plots.primary_metric(results, "custom") == "acc_norm"
     local = results.assign(task=results.task + "_local")
-    assert plots.primary_metric(local, "arc_easy_local") == "acc" and plots.primary_metric(local, "piqa_local") == "acc_norm"
+    assert (
+        plots.primary_metric(local, "arc_easy_local") == "acc"
+        and plots.primary_metric(local, "piqa_local") == "acc_norm"
+    )
     with pytest.raises(ValueError, match="No results for task 'hellaswag'"):
         plots.primary_metric(results, "hellaswag")
 
@@ -76,7 +97,9 @@ def test_metric_vs_params_draws_one_line_per_curve_and_marks_teacher_and_student
     lines = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
     assert set(lines) == {"boomerang (last)", "boomerang (first)", "naive"}
     assert list(lines["naive"].get_xdata()) == [p / 1e6 for p in PARAMS]
-    markers = {c.get_label(): c.get_offsets()[0].tolist() for c in ax.collections if c.get_label() in ("teacher", "student")}
+    markers = {
+        c.get_label(): c.get_offsets()[0].tolist() for c in ax.collections if c.get_label() in ("teacher", "student")
+    }
     assert markers["teacher"] == [50.0, pytest.approx(0.7)]
     assert markers["student"][0] == 10.0
     assert ax.get_yscale() == "linear"
@@ -123,14 +146,28 @@ def test_perplexity_vs_size_uses_word_perplexity_on_a_log_axis():
 def test_size_curves_has_an_average_panel_and_one_per_task():
     fig = plots.size_curves(fake_results())
     assert [ax.get_title() for ax in fig.axes] == ["average", "arc_easy", "piqa", "wikitext"]
-    assert {t.get_text() for t in fig.legends[0].get_texts()} == {"boomerang (first)", "boomerang (last)", "naive",
-                                                                   "teacher", "student"}
+    assert {t.get_text() for t in fig.legends[0].get_texts()} == {
+        "boomerang (first)",
+        "boomerang (last)",
+        "naive",
+        "teacher",
+        "student",
+    }
     plots.plt.close(fig)
 
 
 def test_loss_curves_one_panel_per_logged_term():
-    log = pd.DataFrame({"step": range(30), "loss": np.linspace(3, 1, 30), "ce": np.linspace(2, 1, 30),
-                        "kl": np.nan, "cos": np.linspace(1, 0, 30), "lr": 1e-3, "grad_norm": 1.0})
+    log = pd.DataFrame(
+        {
+            "step": range(30),
+            "loss": np.linspace(3, 1, 30),
+            "ce": np.linspace(2, 1, 30),
+            "kl": np.nan,
+            "cos": np.linspace(1, 0, 30),
+            "lr": 1e-3,
+            "grad_norm": 1.0,
+        }
+    )
     fig = plots.loss_curves(log)
     assert [ax.get_title() for ax in fig.axes] == ["loss", "ce", "cos", "lr"]
     plots.plt.close(fig)
@@ -142,8 +179,14 @@ def test_loss_curves_one_panel_per_logged_term():
 
 
 def test_alignment_heatmap_grid():
-    table = pd.DataFrame({"stage": ["before"] * 3 + ["after"] * 3, "student_layer": [0, 1, 2] * 2,
-                          "teacher_layer": [0, 2, 4] * 2, "cosine": [1, 0.5, 0.2, 1, 0.9, 0.8]})
+    table = pd.DataFrame(
+        {
+            "stage": ["before"] * 3 + ["after"] * 3,
+            "student_layer": [0, 1, 2] * 2,
+            "teacher_layer": [0, 2, 4] * 2,
+            "cosine": [1, 0.5, 0.2, 1, 0.9, 0.8],
+        }
+    )
     fig = plots.alignment_heatmap(table)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["before", "after"]

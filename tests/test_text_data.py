@@ -1,4 +1,5 @@
 """Training text: packed without padding, exactly the documents' tokens, never evaluation data."""
+
 import pytest
 
 from boomerang_lab.data import CORPUS_FILES, data_file
@@ -16,10 +17,12 @@ def test_blocks_are_the_documents_tokens_joined_by_eos(tokenizer, tmp_path):
     for i, doc in enumerate(docs):
         (tmp_path / f"{i}.txt").write_text(doc)
     blocks = packed_blocks(tokenizer, tmp_path, seq_len=16)
-    stream = [t for doc in docs for t in tokenizer(doc, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]]
+    stream = [
+        t for doc in docs for t in tokenizer(doc, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ]
     assert all(len(b) == 16 for b in blocks["input_ids"])
     assert len(blocks) == len(stream) // 16
-    assert [t for b in blocks["input_ids"] for t in b] == stream[:len(blocks) * 16]
+    assert [t for b in blocks["input_ids"] for t in b] == stream[: len(blocks) * 16]
     assert packed_blocks(tokenizer, tmp_path, seq_len=16)["input_ids"] == blocks["input_ids"]  # deterministic
 
 
@@ -43,8 +46,9 @@ def test_evaluation_data_is_refused(tokenizer, tmp_path):
 
 
 def test_hub_ids_are_streamed_and_packed(tokenizer, monkeypatch):
-    import boomerang_lab.text_data as text_data
     from datasets import Dataset
+
+    import boomerang_lab.text_data as text_data
 
     calls = []
     docs = Dataset.from_dict({"body": ["hello world " * 50, "foo bar " * 30], "meta": [1, 2]})

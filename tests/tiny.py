@@ -1,16 +1,35 @@
 """Tiny randomly initialised models of each supported architecture, for fast tests."""
+
 from __future__ import annotations
 
 import torch
-from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
-                          LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 VOCAB = 97
 
 
 def tiny_config(arch: str, layers: int = 8, tie: bool = True):
-    common = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
-                  intermediate_size=64, max_position_embeddings=128, tie_word_embeddings=tie, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        tie_word_embeddings=tie,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
     if arch == "llama":
         return LlamaConfig(num_key_value_heads=2, **common)
     if arch == "qwen3":
@@ -18,13 +37,25 @@ def tiny_config(arch: str, layers: int = 8, tie: bool = True):
     if arch == "gpt_neox":
         return GPTNeoXConfig(**{**common, "tie_word_embeddings": False})
     if arch == "gpt2":
-        return GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=layers, n_head=4, n_positions=128, bos_token_id=0, eos_token_id=0,
-                          tie_word_embeddings=tie)
+        return GPT2Config(
+            vocab_size=VOCAB,
+            n_embd=32,
+            n_layer=layers,
+            n_head=4,
+            n_positions=128,
+            bos_token_id=0,
+            eos_token_id=0,
+            tie_word_embeddings=tie,
+        )
     raise ValueError(arch)
 
 
-MODEL_CLASSES = {"llama": LlamaForCausalLM, "qwen3": Qwen3ForCausalLM, "gpt_neox": GPTNeoXForCausalLM,
-                 "gpt2": GPT2LMHeadModel}
+MODEL_CLASSES = {
+    "llama": LlamaForCausalLM,
+    "qwen3": Qwen3ForCausalLM,
+    "gpt_neox": GPTNeoXForCausalLM,
+    "gpt2": GPT2LMHeadModel,
+}
 ARCHS = tuple(MODEL_CLASSES)
 
 

@@ -1,11 +1,37 @@
 """Evaluate every family size, offline, with lm-evaluation-harness and a fast perplexity — against the baselines."""
+
 from .baselines import block_influence, naive_pruning, shortgpt, teacher_view
 from .lm_eval import evaluate_lm
 from .perplexity import PerplexityConfig, perplexity, wikitext_text
-from .profiles import EVAL_PROFILES, PPL_TASK, EvalProfile
+from .profiles import PPL_TASK, EvalProfile
 from .sweep import METHODS, SweepConfig, read_results, summary, sweep
 from .tasks import LOCAL_TASKS, TASKS_DIR
 
-__all__ = ["EVAL_PROFILES", "LOCAL_TASKS", "METHODS", "PPL_TASK", "TASKS_DIR", "EvalProfile", "PerplexityConfig",
-           "SweepConfig", "block_influence", "evaluate_lm", "naive_pruning", "perplexity",
-           "read_results", "shortgpt", "summary", "sweep", "teacher_view", "wikitext_text"]
+__all__ = [
+    "EVAL_PROFILES",
+    "LOCAL_TASKS",
+    "METHODS",
+    "PPL_TASK",
+    "TASKS_DIR",
+    "EvalProfile",
+    "PerplexityConfig",
+    "SweepConfig",
+    "block_influence",
+    "evaluate_lm",
+    "naive_pruning",
+    "perplexity",
+    "read_results",
+    "shortgpt",
+    "summary",
+    "sweep",
+    "teacher_view",
+    "wikitext_text",
+]
+
+
+def __getattr__(name: str):
+    if name == "EVAL_PROFILES":  # the evaluation part of every profile in boomerang_lab.profiles, computed on use
+        from . import profiles
+
+        return profiles.EVAL_PROFILES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,39 +4,27 @@ Naive pruning and ShortGPT are the teacher with some layers dropped: `teacher_vi
 Random-init interpolation is `Family(teacher, student_distilled_from_random_init, plan)`; standard distillation
 students are evaluated as they are (see `sweep`'s `distilled`).
 """
+
 from __future__ import annotations
 
-import copy
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from transformers import PreTrainedModel
 
-from ..adapters import get_adapter, layers_of, set_num_layers
-from ..family import Family, OrderLike, _graft, _install_output_hooks, _LayerIndexer
+from ..adapters import layers_of
+from ..family import Family, OrderLike, layer_view
 from ..plan import LayerPlan
 
 
 def teacher_view(teacher: PreTrainedModel, layers: Sequence[int]) -> PreTrainedModel:
     """The teacher running only `layers` (in the given order), sharing every module with it (zero copy)."""
-    adapter, all_layers = get_adapter(teacher), layers_of(teacher)
-    bad = [i for i in layers if not 0 <= i < len(all_layers)]
-    if bad or not layers:
-        raise ValueError(f"Layers must be a non-empty list of teacher layers in 0..{len(all_layers) - 1}; got {list(layers)}.")
-    _install_output_hooks(teacher.base_model)  # before the copy, so the view inherits the hooks, not twins of them
-    kept = [all_layers[i] for i in layers]
-    config = copy.deepcopy(teacher.config)
-    types = getattr(config, "layer_types", None)
-    set_num_layers(config, [types[i] for i in layers] if types else None, len(kept))
-    view = _graft(teacher, {adapter.layers: nn.ModuleList(kept)}, config)
-    _LayerIndexer(kept).attach(view)
-    return view
+    return layer_view(teacher, layers)
 
 
 def naive_layers(plan: LayerPlan, patched: Sequence[int]) -> list[int]:
-    """Teacher layers of naive pruning at a patched set: patched blocks whole, every other block its first layer only."""
+    """Teacher layers of naive pruning at a patched set: patched blocks whole, every other block its first layer."""
     return [i for j in range(plan.num_student_layers) for i in (plan.block(j) if j in patched else [plan.kept[j]])]
 
 
@@ -59,6 +47,7 @@ def block_influence(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Te
             x = args[0] if args else kwargs["hidden_states"]
             y = output[0] if isinstance(output, tuple) else output
             sums[i] += F.cosine_similarity(x.double(), y.double(), dim=-1).sum().item()
+
         return record
 
     handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]

@@ -1,4 +1,5 @@
 """Evaluate an in-memory model with lm-evaluation-harness: local `*_local` tasks and any stock task name."""
+
 from __future__ import annotations
 
 import logging
@@ -13,8 +14,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .tasks import LOCAL_TASKS, TASKS_DIR
 
-_NOISE = ("Custom kwargs can be passed", "`pretrained` model kwarg is not of type `str`",
-          "Passed an already-initialized model")
+_NOISE = (
+    "Custom kwargs can be passed",
+    "`pretrained` model kwarg is not of type `str`",
+    "Passed an already-initialized model",
+)
 
 
 class _Quiet(logging.Filter):
@@ -60,7 +64,8 @@ def _no_progress_bars():
 
 @lru_cache(maxsize=2)
 def task_manager(include_defaults: bool = True):
-    """lm-eval's TaskManager with our `*_local` tasks; indexing the ~10k stock configs takes a while, so it is cached."""
+    """lm-eval's TaskManager with our `*_local` tasks; indexing the ~10k stock configs takes a while, so it is
+    cached."""
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=str(TASKS_DIR), include_defaults=include_defaults)
@@ -72,9 +77,16 @@ def manager_for(tasks: Sequence[str]):
     return task_manager(include_defaults=not set(tasks) <= local)
 
 
-def evaluate_lm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tasks: Sequence[str],
-                limit: int | float | None = None, batch_size: int = 1, num_fewshot: int | None = None,
-                bootstrap_iters: int = 1000, progress: bool = True) -> pd.DataFrame:
+def evaluate_lm(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    tasks: Sequence[str],
+    limit: int | float | None = None,
+    batch_size: int = 1,
+    num_fewshot: int | None = None,
+    bootstrap_iters: int = 1000,
+    progress: bool = True,
+) -> pd.DataFrame:
     """`lm_eval.simple_evaluate(HFLM(pretrained=model, tokenizer=tokenizer), tasks, ...)` as tidy rows
     (task, metric, value, stderr); the same call, so the same numbers. `limit`: examples per task (or a fraction).
 
@@ -90,13 +102,22 @@ def evaluate_lm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task
     manager = None if typos else manager_for(tasks)
     unknown = typos or [t for t in tasks if t not in manager.all_tasks]
     if unknown:
-        raise ValueError(f"Unknown lm-eval task(s) {unknown}. Local (offline) tasks: {', '.join(LOCAL_TASKS)} "
-                         f"(or the tag boomerang_local); any stock lm-eval task name also works with hub access.")
+        raise ValueError(
+            f"Unknown lm-eval task(s) {unknown}. Local (offline) tasks: {', '.join(LOCAL_TASKS)} "
+            f"(or the tag boomerang_local); any stock lm-eval task name also works with hub access."
+        )
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     try:
         with nullcontext() if progress else _no_progress_bars():
-            out = simple_evaluate(lm, tasks=tasks, limit=limit, num_fewshot=num_fewshot, task_manager=manager,
-                                  bootstrap_iters=bootstrap_iters, log_samples=False)
+            out = simple_evaluate(
+                lm,
+                tasks=tasks,
+                limit=limit,
+                num_fewshot=num_fewshot,
+                task_manager=manager,
+                bootstrap_iters=bootstrap_iters,
+                log_samples=False,
+            )
     except (ConnectionError, OSError) as err:
         stock = [t for t in tasks if f"{t}_local" in LOCAL_TASKS]
         hint = f" Offline? Use the local copies: {', '.join(f'{t}_local' for t in stock)}." if stock else ""
@@ -113,6 +134,12 @@ def tidy(results: dict[str, dict]) -> pd.DataFrame:
             if not filt or name.endswith("_stderr") or not isinstance(value, (int, float)):
                 continue
             stderr = metrics.get(f"{name}_stderr,{filt}")
-            rows.append({"task": task, "metric": name if filt == "none" else f"{name},{filt}", "value": float(value),
-                         "stderr": float(stderr) if isinstance(stderr, (int, float)) else math.nan})
+            rows.append(
+                {
+                    "task": task,
+                    "metric": name if filt == "none" else f"{name},{filt}",
+                    "value": float(value),
+                    "stderr": float(stderr) if isinstance(stderr, (int, float)) else math.nan,
+                }
+            )
     return pd.DataFrame(rows, columns=["task", "metric", "value", "stderr"])

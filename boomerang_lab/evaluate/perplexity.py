@@ -3,19 +3,18 @@
 A proxy, not lm-eval's `wikitext` number: the text is the whole test split as one stream (the convention of the
 pruning literature, e.g. GPTQ and ShortGPT), cut into windows, instead of lm-eval's per-article rolling windows.
 """
+
 from __future__ import annotations
 
 import math
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..data import data_file
-
-WIKITEXT_TEST = "wikitext-2/wiki.test.raw"
+from ..data import WIKITEXT_TEST, data_file
 
 
 @dataclass(frozen=True)
@@ -26,15 +25,19 @@ class PerplexityConfig:
     stride == window: non-overlapping windows whose first token is context only (the GPTQ convention).
     """
 
-    window: int = 2048
-    stride: int = 2048
-    max_tokens: int | None = None  # score only the first max_tokens tokens of the text (quick sweeps)
+    window: int = field(default=2048, metadata={"help": "tokens per window"})
+    stride: int = field(default=2048, metadata={"help": "tokens between window starts (<= window)"})
+    max_tokens: int | None = field(
+        default=None, metadata={"help": "score only the first max_tokens tokens of the text (null: all)"}
+    )
 
     def __post_init__(self):
         if not 0 < self.stride <= self.window:
             raise ValueError(f"Need 0 < stride <= window, got stride={self.stride}, window={self.window}.")
         if self.max_tokens is not None and self.max_tokens < 2:
-            raise ValueError(f"max_tokens must be at least 2 (one token of context, one scored), got {self.max_tokens}.")
+            raise ValueError(
+                f"max_tokens must be at least 2 (one token of context, one scored), got {self.max_tokens}."
+            )
 
 
 def wikitext_text() -> str:
@@ -56,8 +59,12 @@ def _encode(tokenizer: PreTrainedTokenizerBase, text: str):
 
 
 @torch.no_grad()
-def perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str | None = None,
-               config: PerplexityConfig = PerplexityConfig()) -> dict[str, float]:
+def perplexity(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    text: str | None = None,
+    config: PerplexityConfig = PerplexityConfig(),
+) -> dict[str, float]:
     """Token, word and byte perplexity and bits per byte of `text` (default: WikiText-2 test).
 
     The summed negative log-likelihood of the scored tokens is divided by their number, by the words
@@ -67,22 +74,29 @@ def perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text:
     if not tokenizer.is_fast:
         raise ValueError("perplexity needs a fast tokenizer (for character offsets); load it with use_fast=True.")
     enc = _encode(tokenizer, text)
-    ids = torch.tensor(enc["input_ids"][:config.max_tokens])
+    ids = torch.tensor(enc["input_ids"][: config.max_tokens])
     if len(ids) < 2:
         raise ValueError("The text has fewer than 2 tokens: nothing to score.")
-    covered = text[:enc["offset_mapping"][len(ids) - 1][1]]
+    covered = text[: enc["offset_mapping"][len(ids) - 1][1]]
     device = next(model.parameters()).device
     nll, scored, prev_end = 0.0, 0, 0
     for begin in range(0, len(ids), config.stride):
         end = min(begin + config.window, len(ids))
         first = max(prev_end, begin + 1)  # the first token this window scores (it needs one token of context)
         window = ids[begin:end].to(device)
-        logits = model(window[None], use_cache=False).logits[0, first - begin - 1:end - begin - 1]
-        nll += F.cross_entropy(logits.float(), window[first - begin:], reduction="sum").item()
+        logits = model(window[None], use_cache=False).logits[0, first - begin - 1 : end - begin - 1]
+        nll += F.cross_entropy(logits.float(), window[first - begin :], reduction="sum").item()
         scored, prev_end = scored + end - first, end
         if end == len(ids):
             break
     words, nbytes = len(covered.split()), len(covered.encode("utf-8"))
-    return {"token_perplexity": math.exp(nll / scored), "word_perplexity": math.exp(nll / words),
-            "byte_perplexity": math.exp(nll / nbytes), "bits_per_byte": nll / nbytes / math.log(2),
-            "tokens": float(len(ids)), "scored": float(scored), "words": float(words), "bytes": float(nbytes)}
+    return {
+        "token_perplexity": math.exp(nll / scored),
+        "word_perplexity": math.exp(nll / words),
+        "byte_perplexity": math.exp(nll / nbytes),
+        "bits_per_byte": nll / nbytes / math.log(2),
+        "tokens": float(len(ids)),
+        "scored": float(scored),
+        "words": float(words),
+        "bytes": float(nbytes),
+    }

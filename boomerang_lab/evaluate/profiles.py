@@ -1,10 +1,14 @@
-"""Evaluation profiles: which tasks, at what limit, for a smoke test, a CPU run, and the paper."""
+"""A profile's evaluation settings: which tasks, at what limit, with which fast-perplexity windows.
+
+The profiles themselves (smoke, quick, kit, paper, ...) live in `boomerang_lab.profiles`; `EVAL_PROFILES` is a
+read-only view of their evaluation parts, kept for existing callers.
+"""
+
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .perplexity import PerplexityConfig
-from .tasks import LOCAL_TASKS
 
 PPL_TASK = "wikitext_ppl"
 """The fast strided-window perplexity (perplexity.py) as a task name in sweeps; its `limit` is its token budget."""
@@ -12,17 +16,46 @@ PPL_TASK = "wikitext_ppl"
 
 @dataclass(frozen=True)
 class EvalProfile:
-    tasks: tuple[str, ...]
-    limit: int | float | None  # examples per lm-eval task (None: all)
-    ppl: PerplexityConfig  # the fast perplexity's windows and token budget
+    """What `sweep` evaluates for a profile (a SweepConfig's tasks, limit, ppl and batch_size default to these)."""
+
+    tasks: tuple[str, ...] = field(
+        default=(PPL_TASK,),
+        metadata={
+            "help": "tasks: wikitext_ppl (the fast token perplexity), `*_local` lm-eval tasks, stock lm-eval "
+            "names, or the tag boomerang_local"
+        },
+    )
+    limit: int | float | None = field(
+        default=None, metadata={"help": "examples per lm-eval task (a float < 1: a fraction; null: all)"}
+    )
+    ppl: PerplexityConfig = field(
+        default_factory=PerplexityConfig,
+        metadata={"help": "the fast perplexity's windows and token budget (wikitext_ppl)"},
+    )
+    batch_size: int = field(default=1, metadata={"help": "lm-eval batch size"})
+    lm_eval_sizes: int | None = field(
+        default=None,
+        metadata={
+            "help": "run the lm-eval tasks at this many evenly spaced sizes, the student and the teacher included "
+            "(null: every size); wikitext_ppl always runs at every size"
+        },
+    )
+
+    def __post_init__(self):
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        if isinstance(self.ppl, dict):
+            object.__setattr__(self, "ppl", PerplexityConfig(**self.ppl))
+        if self.lm_eval_sizes is not None and self.lm_eval_sizes < 2:
+            raise ValueError(
+                f"lm_eval_sizes must be at least 2 (the student and the teacher) or null, got {self.lm_eval_sizes}."
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}.")
 
 
-EVAL_PROFILES: dict[str, EvalProfile] = {
-    # seconds on the tiny random model
-    "smoke": EvalProfile((PPL_TASK, "arc_easy_local"), limit=4, ppl=PerplexityConfig(window=256, stride=256, max_tokens=512)),
-    # the CPU default: 3 methods x 15 SmolLM2 sizes in 35 min on 2 free cores (measured); perplexity on 4k tokens
-    "quick": EvalProfile((PPL_TASK, "arc_easy_local", "piqa_local", "winogrande_local"), limit=20,
-                         ppl=PerplexityConfig(window=1024, stride=1024, max_tokens=4096)),
-    # every task, every example (a GPU job)
-    "paper": EvalProfile((PPL_TASK, *LOCAL_TASKS), limit=None, ppl=PerplexityConfig(window=2048, stride=2048)),
-}
+def __getattr__(name: str):
+    if name == "EVAL_PROFILES":  # computed on use: boomerang_lab.profiles imports this module
+        from ..profiles import PROFILES
+
+        return {key: profile.evaluate for key, profile in PROFILES.items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,10 +1,12 @@
 """Evaluate methods x sizes x tasks from one load of teacher and student into one resumable tidy table."""
+
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
 import numbers
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,16 +19,29 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..adapters import layers_of
 from ..atomic import atomic_path
 from ..family import Family
-from ..plan import LayerPlan
 from ..patch_search import calibration_set
+from ..plan import LayerPlan
 from .baselines import block_influence, naive_pruning, shortgpt, teacher_view
 from .lm_eval import evaluate_lm
 from .perplexity import PerplexityConfig, perplexity
-from .profiles import EVAL_PROFILES, PPL_TASK
-from .tasks import LOCAL_TASKS
+from .profiles import PPL_TASK
+from .tasks import LOCAL_TASKS, NOT_COMPARABLE
 
-COLUMNS = ["teacher", "student", "method", "order", "k", "layers", "params", "task", "metric", "value", "stderr",
-           "limit", "timestamp"]
+COLUMNS = [
+    "teacher",
+    "student",
+    "method",
+    "order",
+    "k",
+    "layers",
+    "params",
+    "task",
+    "metric",
+    "value",
+    "stderr",
+    "limit",
+    "timestamp",
+]
 KEY = ["teacher", "student", "method", "order", "k", "task", "limit"]
 """A (candidate, task) evaluation already in the table under this key is skipped on a rerun."""
 METHODS = ("boomerang", "naive", "shortgpt", "random_init", "distilled")
@@ -35,9 +50,9 @@ _TEXT = {c: str for c in ("teacher", "student", "method", "order", "task", "metr
 
 @dataclass
 class SweepConfig:
-    """What to evaluate. tasks, limit and ppl default to the profile's (see EVAL_PROFILES)."""
+    """What to evaluate. tasks, limit, ppl and batch_size default to the profile's (its `evaluate` settings)."""
 
-    profile: str = "quick"
+    profile: str = "quick"  # a built-in profile's name or a .yaml/.json profile file (boomerang_lab.profiles)
     tasks: Sequence[str] | None = None  # "wikitext_ppl", lm-eval tasks (`*_local`, the tag boomerang_local, stock)
     limit: int | float | None = None  # examples per lm-eval task; a float < 1 is a fraction
     ppl: PerplexityConfig | None = None
@@ -45,21 +60,30 @@ class SweepConfig:
     orders: Sequence[str] = ("last",)
     ks: Sequence[int] | None = None  # sizes to evaluate (default all 0..K)
     results: str | Path = "results/sweep.csv"  # .csv or .parquet; appended to
-    batch_size: int = 1  # lm-eval batch size
+    batch_size: int | None = None  # lm-eval batch size
+    lm_eval_sizes: int | None = None  # lm-eval tasks at this many evenly spaced sizes (None: the profile's)
     calibration: tuple[int, int] = (16, 256)  # ShortGPT calibration: samples x tokens from the training corpus
     progress: bool = True
 
     def resolved(self) -> "SweepConfig":
-        if self.profile not in EVAL_PROFILES:
-            raise ValueError(f"Unknown profile {self.profile!r}; use one of {', '.join(EVAL_PROFILES)}.")
+        from ..profiles import get
+
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ValueError(f"Unknown method(s) {bad}; use {', '.join(METHODS)}.")
-        profile = EVAL_PROFILES[self.profile]
-        tasks = [t for name in self.tasks or profile.tasks for t in (LOCAL_TASKS if name == "boomerang_local" else [name])]
-        return dataclasses.replace(self, tasks=tuple(tasks),
-                                   limit=profile.limit if self.limit is None else self.limit,
-                                   ppl=self.ppl or profile.ppl, results=Path(self.results))
+        profile = get(self.profile).evaluate
+        tasks = [
+            t for name in self.tasks or profile.tasks for t in (LOCAL_TASKS if name == "boomerang_local" else [name])
+        ]
+        return dataclasses.replace(
+            self,
+            tasks=tuple(tasks),
+            limit=profile.limit if self.limit is None else self.limit,
+            ppl=self.ppl or profile.ppl,
+            results=Path(self.results),
+            batch_size=profile.batch_size if self.batch_size is None else self.batch_size,
+            lm_eval_sizes=profile.lm_eval_sizes if self.lm_eval_sizes is None else self.lm_eval_sizes,
+        )
 
 
 @dataclass
@@ -73,11 +97,20 @@ class Candidate:
     build: Callable[[], PreTrainedModel] = field(repr=False)
 
 
-def sweep(teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, student: PreTrainedModel | None = None,
-          plan: LayerPlan | None = None, config: SweepConfig | None = None, *,
-          random_student: PreTrainedModel | None = None, distilled: Mapping[str | int, PreTrainedModel] | None = None,
-          teacher_name: str | None = None, student_name: str | None = None, random_name: str | None = None,
-          **overrides) -> pd.DataFrame:
+def sweep(
+    teacher: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    student: PreTrainedModel | None = None,
+    plan: LayerPlan | None = None,
+    config: SweepConfig | None = None,
+    *,
+    random_student: PreTrainedModel | None = None,
+    distilled: Mapping[str | int, PreTrainedModel] | None = None,
+    teacher_name: str | None = None,
+    student_name: str | None = None,
+    random_name: str | None = None,
+    **overrides,
+) -> pd.DataFrame:
     """Evaluate every method x order x size x task, appending rows to `config.results`; returns this sweep's rows.
 
     `student`: the distilled student (default: the undistilled teacher-initialised one, `plan.kept` of the teacher,
@@ -93,23 +126,47 @@ def sweep(teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, student:
     if student is None:
         student, student_name = teacher_view(teacher, plan.kept), student_name or "teacher-init"
     names = {"teacher": teacher_name or _name(teacher), "student": student_name or _name(student)}
-    candidates = _candidates(Family(teacher, student, plan), tokenizer, cfg, names["student"], random_student,
-                             random_name, distilled)
+    family = Family(teacher, student, plan)
+    candidates = _candidates(family, tokenizer, cfg, names["student"], random_student, random_name, distilled)
     table = read_results(cfg.results)
     done = set(map(_key, table[KEY].itertuples(index=False)))
-    wanted = {_key(_row_key(names["teacher"], c, task, cfg)): (c, task) for c in candidates for task in cfg.tasks}
+    lm_ks = _lm_eval_ks(family.K, cfg.lm_eval_sizes)
+    wanted = {
+        _key(_row_key(names["teacher"], c, task, cfg)): (c, task)
+        for c in candidates
+        for task in cfg.tasks
+        if task == PPL_TASK or c.k is None or c.k in lm_ks
+    }
     todo = [item for key, item in wanted.items() if key not in done]
     cache: dict[tuple, pd.DataFrame] = {}  # identical models (e.g. k=K and the teacher) are evaluated once
-    for cand, task in tqdm(todo, desc="sweep", disable=not cfg.progress):
+    if cfg.progress:  # plain lines too, for a terminal that shows a notebook's stream (boomerang run)
+        print(f"[sweep] {len(todo)} evaluations to run, {len(wanted) - len(todo)} already in {cfg.results}", flush=True)
+    start, every = time.perf_counter(), max(1, len(todo) // 10)
+    for i, (cand, task) in enumerate(tqdm(todo, desc="sweep", disable=not cfg.progress), 1):
+        if cfg.progress and (i == 1 or i % every == 0 or i == len(todo)):
+            spent = time.perf_counter() - start
+            left = f", ~{spent / (i - 1) * (len(todo) - i + 1):.0f} s left" if i > 1 else ""
+            print(
+                f"[sweep] {i}/{len(todo)} {cand.method} {cand.order} k={cand.k} {task} ({spent:.0f} s{left})",
+                flush=True,
+            )
         model = cand.build()
         params = list(model.parameters())
         fingerprint = (type(model), tuple(id(p) for p in params), task)
         if fingerprint not in cache:
             cache[fingerprint] = _evaluate(model, tokenizer, task, cfg)
         rows = cache[fingerprint].assign(
-            teacher=names["teacher"], student=cand.student, method=cand.method, order=cand.order, k=cand.k,
-            layers=len(layers_of(model)), params=sum(p.numel() for p in params), task=task,
-            limit=_limit(task, cfg), timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            teacher=names["teacher"],
+            student=cand.student,
+            method=cand.method,
+            order=cand.order,
+            k=cand.k,
+            layers=len(layers_of(model)),
+            params=sum(p.numel() for p in params),
+            task=task,
+            limit=_limit(task, cfg),
+            timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
         table = pd.concat([table, rows[COLUMNS]], ignore_index=True) if len(table) else rows[COLUMNS]
         write_results(table, cfg.results)
     mine = table[[_key(k) in wanted for k in table[KEY].itertuples(index=False)]].reset_index(drop=True)
@@ -120,9 +177,15 @@ def sweep(teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, student:
     return mine
 
 
-def _candidates(family: Family, tokenizer, cfg: SweepConfig, student_name: str,
-                random_student: PreTrainedModel | None, random_name: str | None,
-                distilled: Mapping[str | int, PreTrainedModel] | None) -> list[Candidate]:
+def _candidates(
+    family: Family,
+    tokenizer,
+    cfg: SweepConfig,
+    student_name: str,
+    random_student: PreTrainedModel | None,
+    random_name: str | None,
+    distilled: Mapping[str | int, PreTrainedModel] | None,
+) -> list[Candidate]:
     ks = list(cfg.ks) if cfg.ks is not None else list(range(family.K + 1))
     bad = [k for k in ks if not 0 <= k <= family.K]
     if bad:
@@ -130,30 +193,52 @@ def _candidates(family: Family, tokenizer, cfg: SweepConfig, student_name: str,
     out = []
     for method in cfg.methods:
         if method == "boomerang":
-            out += [Candidate(method, student_name, o, k, lambda o=o, k=k: family.build(k, o))
-                    for o in cfg.orders for k in ks]
+            out += [
+                Candidate(method, student_name, o, k, lambda o=o, k=k: family.build(k, o))
+                for o in cfg.orders
+                for k in ks
+            ]
         elif method == "naive":
-            out += [Candidate(method, student_name, o, k, lambda o=o, k=k: naive_pruning(family, k, o))
-                    for o in cfg.orders for k in ks]
+            out += [
+                Candidate(method, student_name, o, k, lambda o=o, k=k: naive_pruning(family, k, o))
+                for o in cfg.orders
+                for k in ks
+            ]
         elif method == "random_init":
             if random_student is None:
                 raise ValueError("Method 'random_init' needs random_student: a student distilled from random init.")
             rand = Family(family.teacher, random_student, family.plan)
-            out += [Candidate(method, random_name or _name(random_student), o, k, lambda o=o, k=k: rand.build(k, o))
-                    for o in cfg.orders for k in ks]
+            out += [
+                Candidate(method, random_name or _name(random_student), o, k, lambda o=o, k=k: rand.build(k, o))
+                for o in cfg.orders
+                for k in ks
+            ]
         elif method == "shortgpt":
+
             @functools.cache
             def influence():
                 return block_influence(family.teacher, calibration_set(tokenizer, *cfg.calibration))
 
             sizes = family.sizes(cfg.orders[0]).set_index("k").layers
-            out += [Candidate(method, student_name, "block_influence", k,
-                              lambda n=int(sizes[k]): shortgpt(family.teacher, influence(), n)) for k in ks]
+            out += [
+                Candidate(
+                    method,
+                    student_name,
+                    "block_influence",
+                    k,
+                    lambda n=int(sizes[k]): shortgpt(family.teacher, influence(), n),
+                )
+                for k in ks
+            ]
         elif method == "distilled":
             if not distilled:
                 raise ValueError("Method 'distilled' needs distilled={name or layer count: model}.")
-            out += [Candidate(method, f"distilled-{name}" if isinstance(name, int) else str(name), "", None,
-                              lambda m=model: m) for name, model in distilled.items()]
+            out += [
+                Candidate(
+                    method, f"distilled-{name}" if isinstance(name, int) else str(name), "", None, lambda m=model: m
+                )
+                for name, model in distilled.items()
+            ]
     return out
 
 
@@ -165,17 +250,22 @@ def _evaluate(model: PreTrainedModel, tokenizer, task: str, cfg: SweepConfig) ->
         return pd.DataFrame({"metric": metrics, "value": [result[m] for m in metrics], "stderr": math.nan})
     rows = evaluate_lm(model, tokenizer, [task], limit=cfg.limit, batch_size=cfg.batch_size, progress=False)
     if task not in set(rows.task):
-        raise ValueError(f"{task!r} is an lm-eval group or tag without a score of its own; list its tasks instead: "
-                         f"{', '.join(sorted(set(rows.task)))}.")
+        raise ValueError(
+            f"{task!r} is an lm-eval group or tag without a score of its own; list its tasks instead: "
+            f"{', '.join(sorted(set(rows.task)))}."
+        )
     return rows[rows.task == task].drop(columns="task").reset_index(drop=True)
 
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Each task's first metric by method, order and size."""
+    """Each task's first metric by method, order and size; the copies whose prompts differ from stock
+    (NOT_COMPARABLE) are labelled so."""
     first = table.groupby("task", sort=False).metric.first()
     headline = table[table.metric == table.task.map(first)]
-    return headline.pivot_table(index=["method", "order", "k", "layers"], columns="task", values="value",
-                                dropna=False, sort=False).dropna(how="all")
+    wide = headline.pivot_table(
+        index=["method", "order", "k", "layers"], columns="task", values="value", dropna=False, sort=False
+    ).dropna(how="all")
+    return wide.rename(columns={t: f"{t} (not comparable with stock)" for t in NOT_COMPARABLE})
 
 
 def read_results(path: str | Path) -> pd.DataFrame:
@@ -183,9 +273,16 @@ def read_results(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         return pd.DataFrame(columns=COLUMNS)
-    table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype=_TEXT, keep_default_na=False,
-                                                                                 na_values={"k": [""], "limit": [""],
-                                                                                            "stderr": [""], "value": [""]})
+    table = (
+        pd.read_parquet(path)
+        if path.suffix == ".parquet"
+        else pd.read_csv(
+            path,
+            dtype=_TEXT,
+            keep_default_na=False,
+            na_values={"k": [""], "limit": [""], "stderr": [""], "value": [""]},
+        )
+    )
     missing = set(COLUMNS) - set(table.columns)
     if missing:
         raise ValueError(f"{path} is not a sweep results table: it lacks the columns {sorted(missing)}.")
@@ -201,6 +298,15 @@ def write_results(table: pd.DataFrame, path: str | Path) -> None:
             table.to_csv(tmp, index=False)
 
 
+def _lm_eval_ks(K: int, sizes: int | None) -> set[int]:
+    """The sizes k at which lm-eval tasks run: `sizes` evenly spaced ones from the student (0) to the teacher (K)."""
+    if sizes is None or sizes > K:
+        return set(range(K + 1))
+    if sizes < 2:
+        raise ValueError(f"lm_eval_sizes must be at least 2 (the student and the teacher) or null, got {sizes}.")
+    return {round(i * K / (sizes - 1)) for i in range(sizes)}
+
+
 def _limit(task: str, cfg: SweepConfig) -> int | float | None:
     return cfg.ppl.max_tokens if task == PPL_TASK else cfg.limit
 
@@ -211,12 +317,14 @@ def _row_key(teacher: str, cand: Candidate, task: str, cfg: SweepConfig) -> tupl
 
 def _key(values) -> tuple[str, ...]:
     """A key that survives the CSV round trip: numbers as floats, missing values as ''."""
+
     def norm(v) -> str:
         if v is None or (isinstance(v, numbers.Real) and math.isnan(v)):
             return ""
         if isinstance(v, numbers.Real) and not isinstance(v, bool):
             return repr(float(v))
         return str(v)
+
     return tuple(norm(v) for v in values)
 
 

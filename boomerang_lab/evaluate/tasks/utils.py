@@ -3,6 +3,7 @@
 lm-eval calls them through `custom_dataset` with the task metadata as keyword arguments (ignored here);
 paths are resolved at call time from `boomerang_lab.data.DATA_DIR` (a missing file raises a clear error).
 """
+
 from __future__ import annotations
 
 import bz2
@@ -10,12 +11,13 @@ import json
 from functools import lru_cache
 
 from datasets import Dataset, DatasetDict
+
 # The stock tasks' own functions, reused so that prompts and metrics are lm-eval's exactly.
 from lm_eval.tasks.hellaswag.utils import preprocess
 from lm_eval.tasks.wikitext.preprocess_wikitext import process_results, wikitext_detokenizer  # noqa: F401
 from lm_eval.tasks.winogrande.preprocess_winogrande import doc_to_choice, doc_to_target, doc_to_text  # noqa: F401
 
-from boomerang_lab.data import data_file
+from boomerang_lab.data import WIKITEXT_TEST, data_file
 
 
 def _jsonl(relative: str) -> list[dict]:
@@ -33,8 +35,10 @@ def _as_is(split: str, relative: str) -> DatasetDict:
 
 def _file_task(split: str, relative: str):
     """The loader of a file whose rows already have the stock dataset's fields."""
+
     def load(**_) -> DatasetDict:
         return _as_is(split, relative)
+
     return load
 
 
@@ -49,8 +53,13 @@ def _arc(level: str) -> DatasetDict:
     rows = []
     for doc in _jsonl(f"arc/ARC-{level}-Test.jsonl"):
         labels = [chr(ord("A") + i) for i in range(len(doc["choices"]))]
-        rows.append({"question": doc["question"], "choices": {"text": doc["choices"], "label": labels},
-                     "answerKey": labels[doc["gold"]]})
+        rows.append(
+            {
+                "question": doc["question"],
+                "choices": {"text": doc["choices"], "label": labels},
+                "answerKey": labels[doc["gold"]],
+            }
+        )
     return _split("test", rows)
 
 
@@ -81,8 +90,14 @@ def hellaswag(**_) -> DatasetDict:
     lines = bz2.decompress(data_file("hellaswag/hellaswag_val_full.txt.bz2").read_bytes()).decode("utf-8").splitlines()
     if len(lines) % 6:
         raise ValueError(f"hellaswag: expected 6 lines per item, got {len(lines)} lines.")
-    rows = [{"query": preprocess(lines[i]), "choices": [preprocess(e) for e in lines[i + 2:i + 6]],
-             "label": int(lines[i + 1])} for i in range(0, len(lines), 6)]
+    rows = [
+        {
+            "query": preprocess(lines[i]),
+            "choices": [preprocess(e) for e in lines[i + 2 : i + 6]],
+            "label": int(lines[i + 1]),
+        }
+        for i in range(0, len(lines), 6)
+    ]
     return _split("validation", rows)
 
 
@@ -92,26 +107,36 @@ def boolq(**_) -> DatasetDict:
     rows = []
     for doc in _jsonl("boolq/boolq_dev_llmfoundry.jsonl"):
         passage, _, question = doc["query"].rpartition("\nQuestion: ")
-        rows.append({"passage": passage.removeprefix("Passage: "), "question": question.removesuffix("?"),
-                     "label": doc["gold"]})
+        rows.append(
+            {"passage": passage.removeprefix("Passage: "), "question": question.removesuffix("?"), "label": doc["gold"]}
+        )
     return _split("validation", rows)
 
 
 @lru_cache(maxsize=None)
 def openbookqa(**_) -> DatasetDict:
-    rows = [{"id": d["id"], "question_stem": d["question"]["stem"], "answerKey": d["answerKey"],
-             "choices": {"text": [c["text"] for c in d["question"]["choices"]],
-                         "label": [c["label"] for c in d["question"]["choices"]]}}
-            for d in _jsonl("openbookqa/test.jsonl")]
+    rows = [
+        {
+            "id": d["id"],
+            "question_stem": d["question"]["stem"],
+            "answerKey": d["answerKey"],
+            "choices": {
+                "text": [c["text"] for c in d["question"]["choices"]],
+                "label": [c["label"] for c in d["question"]["choices"]],
+            },
+        }
+        for d in _jsonl("openbookqa/test.jsonl")
+    ]
     return _split("test", rows)
 
 
 @lru_cache(maxsize=None)
 def wikitext(**_) -> DatasetDict:
     """wiki.test.raw cut into its 62 articles as `EleutherAI/wikitext_document_level` does: a page starts at each
-    top-level ` = Title = ` line and is its lines joined with newlines (the blank line before the first title is dropped)."""
+    top-level ` = Title = ` line and is its lines joined with newlines (the blank line before the first title is
+    dropped)."""
     pages, page = [], []
-    for line in data_file("wikitext-2/wiki.test.raw").read_text(encoding="utf-8").split("\n"):
+    for line in data_file(WIKITEXT_TEST).read_text(encoding="utf-8").split("\n"):
         heading = line.replace("= = =", "===").replace("= =", "==").strip()
         if heading.startswith("= ") and heading.endswith(" =") and page:
             pages.append("\n".join(page))

@@ -1,0 +1,518 @@
+"""Profiles: one object per way of running the study, with help text on every field.
+
+A `Profile` holds the distillation recipe (`DistillConfig`), the student's layer plan (`PlanSettings`), the
+evaluation settings (`EvalProfile`) and the pipeline settings (`PipelineSettings`). The built-in ones are in
+`PROFILES` (smoke, quick, kit, paper, paper-llama; docs/profiles.md); `get` also reads a user profile from a YAML or
+JSON file, validated field by field against these dataclasses (recursively, so fields added to them later need no
+change here):
+
+    name: mine            # default: the file's stem
+    base: quick           # optional: start from a built-in profile and change only what is listed
+    distill: {max_steps: 64, loss: {kl_weight: 0.2}}
+    evaluate: {tasks: [wikitext_ppl, arc_easy_local], limit: 50}
+
+`boomerang profiles` prints every profile's values; `boomerang profiles --show NAME` prints one as YAML.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import functools
+import inspect
+import json
+import textwrap
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path, PurePath
+from typing import Any, Literal, Union
+
+import pandas as pd
+
+from .distill import DistillConfig
+from .evaluate.perplexity import PerplexityConfig
+from .evaluate.profiles import PPL_TASK, EvalProfile
+from .evaluate.tasks import LOCAL_TASKS
+from .losses import LossConfig
+from .plan import LayerPlan
+
+PROFILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+class ProfileError(ValueError):
+    """A profile name or file that cannot be used; the message names the field and the valid ones."""
+
+
+@dataclass
+class PlanSettings:
+    """The student's layers, the paper's rule (`LayerPlan.paper`): the first layers, every n-th, the last layers."""
+
+    keep_first: int = field(
+        default=1, metadata={"help": "teacher layers kept at the start (the paper: 1; its Llama student: 2)"}
+    )
+    keep_last: int = field(
+        default=2, metadata={"help": "teacher layers kept at the end (the paper: 2; its Llama student: 1)"}
+    )
+    every: int = field(default=2, metadata={"help": "keep every n-th teacher layer in between (the paper: 2)"})
+
+    def layer_plan(self, num_teacher_layers: int) -> LayerPlan:
+        """This plan for a teacher with `num_teacher_layers` decoder layers."""
+        return LayerPlan.paper(
+            num_teacher_layers, keep_first=self.keep_first, keep_last=self.keep_last, every=self.every
+        )
+
+
+@dataclass
+class PipelineSettings:
+    """What `boomerang run` adds around distillation and evaluation."""
+
+    random_init: bool = field(
+        default=False, metadata={"help": "also distil a randomly initialised student (the random-init baseline)"}
+    )
+    orders: tuple[str, ...] = field(
+        default=("last",),
+        metadata={"help": "patch orders evaluated: last, first, klpatch, optimal or any registered order"},
+    )
+
+    def __post_init__(self):
+        self.orders = tuple(self.orders)
+
+
+@dataclass
+class Profile:
+    """One named way of running the study: recipe, plan, evaluation and pipeline settings."""
+
+    name: str = field(default="custom", metadata={"help": "the profile's name (outputs/<name>, results/<name>.csv)"})
+    description: str = field(default="", metadata={"help": "one line on what the profile is for"})
+    distill: DistillConfig = field(default_factory=DistillConfig, metadata={"help": "the distillation recipe"})
+    plan: PlanSettings = field(default_factory=PlanSettings, metadata={"help": "the student's layers"})
+    evaluate: EvalProfile = field(default_factory=EvalProfile, metadata={"help": "what the sweep evaluates"})
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings, metadata={"help": "what `boomerang run` adds"})
+
+    @property
+    def teacher(self) -> str:
+        return self.distill.teacher
+
+    def layer_plan(self, num_teacher_layers: int) -> LayerPlan:
+        return self.plan.layer_plan(num_teacher_layers)
+
+    def to_dict(self) -> dict:
+        """Plain values (lists for tuples): what `dump` writes and `from_dict` reads back."""
+        return _plain(self)
+
+    def dump(self, path: str | Path | None = None) -> str:
+        """The profile as YAML (JSON for a .json path); written to `path` when given. `get(path)` reads it back."""
+        data = self.to_dict()
+        if path is not None and Path(path).suffix == ".json":
+            text = json.dumps(data, indent=2) + "\n"
+        else:
+            import yaml
+
+            text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=120)
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+
+# --- the built-in profiles -----------------------------------------------------------------------------------------
+PAPER_RECIPE = DistillConfig(
+    teacher="smollm2-135m",
+    seq_len=2048,
+    batch_size=8,
+    grad_accum=256,
+    max_steps=500,
+    lr=3e-4,
+    scheduler="cosine",
+    warmup=0.01,
+    betas=(0.9, 0.95),
+    weight_decay=0.1,
+    max_grad_norm=1.0,
+    bf16=True,
+    freeze_embeddings=False,
+    save_steps=50,
+    seed=0,
+    loss=LossConfig(ce_weight=1.0, kl_weight=0.1, temperature=1.0, cos_weight=2.0),
+)
+"""dcml-lab/boomerang-distillation `train/` on one device: 8 x 256 = 2,048 sequences of 2,048 tokens per step
+(its 2 per device x 256 accumulation x 4 GPUs), every parameter trained (docs/profiles.md)."""
+
+PAPER_EVAL = EvalProfile(
+    (PPL_TASK, *LOCAL_TASKS), limit=None, ppl=PerplexityConfig(window=2048, stride=2048), batch_size=4
+)
+"""Every shipped task on every example, lm-eval's own `wikitext_local` word perplexity beside the fast token
+perplexity; batch size 4 as the paper's evaluation script."""
+
+PROFILES: dict[str, Profile] = {}
+
+
+def register(profile: Profile, *, replace: bool = False) -> Profile:
+    """Add a profile under its name (an error for a taken name unless `replace=True`)."""
+    if not isinstance(profile, Profile):
+        raise TypeError(f"register takes a Profile, got {type(profile).__name__}.")
+    if profile.name in PROFILES and not replace:
+        raise ProfileError(f"Profile {profile.name!r} already exists; pass replace=True to redefine it.")
+    PROFILES[profile.name] = profile
+    return profile
+
+
+register(
+    Profile(
+        "smoke",
+        "seconds on a tiny random model: every code path (the tests)",
+        DistillConfig(
+            teacher="smollm2-tiny-random", seq_len=64, batch_size=4, max_steps=8, lr=1e-3, warmup=0.1, save_steps=4
+        ),
+        PlanSettings(),
+        EvalProfile(
+            (PPL_TASK, "arc_easy_local"), limit=4, ppl=PerplexityConfig(window=256, stride=256, max_tokens=512)
+        ),
+        PipelineSettings(random_init=True, orders=("last",)),
+    )
+)
+
+# CPU, SmolLM2-135M teacher: a 4 x 128-token step costs ~9-11 s of single-core CPU time (~5-6 s on 2 idle
+# cores), so 128 steps (65k tokens) take ~12-15 min on an otherwise idle 2-core machine.
+# quick and kit freeze the embeddings and head: the smoothest curve and the best student of the recipe study
+# (README, benchmarks/results/study_recipes_cpu); the paper trains every parameter.
+# The evaluation: 3 methods x 15 SmolLM2 sizes in 35 min on 2 free cores (measured); perplexity on 4k tokens.
+register(
+    Profile(
+        "quick",
+        "the kit's recipe on a CPU: the main job (make run), about 50 min on 2 cores",
+        DistillConfig(
+            teacher="smollm2-135m",
+            seq_len=128,
+            batch_size=4,
+            max_steps=128,
+            lr=3e-4,
+            warmup=0.05,
+            save_steps=16,
+            freeze_embeddings=True,
+        ),
+        PlanSettings(),
+        EvalProfile(
+            (PPL_TASK, "arc_easy_local", "piqa_local", "winogrande_local"),
+            limit=20,
+            ppl=PerplexityConfig(window=1024, stride=1024, max_tokens=4096),
+        ),
+        PipelineSettings(random_init=False, orders=("last",)),
+    )
+)
+
+# GPU: the kit's recipe at the paper's lengths; 16 x 2048 tokens per micro-step, 8 micro-steps per step
+# (lower batch_size if it OOMs); what `paper` was before it became the paper's own recipe.
+register(
+    Profile(
+        "kit",
+        "the kit's recipe on a GPU (frozen embeddings and head), every task, the searched orders",
+        DistillConfig(
+            teacher="smollm2-135m",
+            seq_len=2048,
+            batch_size=16,
+            grad_accum=8,
+            max_steps=500,
+            bf16=True,
+            save_steps=100,
+            freeze_embeddings=True,
+        ),
+        PlanSettings(),
+        dataclasses.replace(PAPER_EVAL, batch_size=1),
+        PipelineSettings(random_init=True, orders=("last", "first", "klpatch", "optimal")),
+    )
+)
+
+register(
+    Profile(
+        "paper",
+        "the paper's recipe (dcml-lab/boomerang-distillation train/) on one GPU, its evaluation",
+        copy.deepcopy(PAPER_RECIPE),
+        PlanSettings(keep_first=1, keep_last=2, every=2),
+        PAPER_EVAL,
+        PipelineSettings(random_init=True, orders=("last", "first")),
+    )
+)
+
+register(
+    Profile(
+        "paper-llama",
+        "the paper's recipe with its Llama settings: first 2 layers kept, patched first-k",
+        copy.deepcopy(PAPER_RECIPE),
+        PlanSettings(keep_first=2, keep_last=1, every=2),
+        PAPER_EVAL,
+        PipelineSettings(random_init=True, orders=("first",)),
+    )
+)
+
+
+# --- lookup and files ----------------------------------------------------------------------------------------------
+def is_profile_file(name: str | Path) -> bool:
+    return Path(name).suffix.lower() in PROFILE_SUFFIXES
+
+
+def get(name: str | Path | Profile, **overrides) -> Profile:
+    """A copy of the built-in profile `name`, or the profile in a YAML/JSON file; `overrides` are Profile fields
+    (nested ones as dicts, e.g. distill={"max_steps": 4}), validated like a file's."""
+    if isinstance(name, Profile):
+        profile = copy.deepcopy(name)
+    elif is_profile_file(name):
+        profile = load(name)
+    elif name in PROFILES:
+        profile = copy.deepcopy(PROFILES[name])
+    else:
+        raise ProfileError(
+            f"Unknown profile {str(name)!r}; use one of {', '.join(PROFILES)}, or a .yaml/.json "
+            f"file (`boomerang profiles --show quick` prints one to start from)."
+        )
+    return _build(Profile, overrides, f"profile {profile.name}", base=profile) if overrides else profile
+
+
+def load(path: str | Path) -> Profile:
+    """The profile in a YAML or JSON file (see the module docstring); errors name the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Profile file {path} does not exist.")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as err:
+            raise ProfileError(f"{path}: not valid JSON: {err}") from err
+    else:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ProfileError(f"{path}: not valid YAML: {err}") from err
+    return from_dict({} if data is None else data, source=str(path), default_name=path.stem)
+
+
+def from_dict(data: dict, source: str = "profile", default_name: str = "custom") -> Profile:
+    """A Profile from plain values; `base` names a built-in profile to start from (else the dataclass defaults)."""
+    if not isinstance(data, dict):
+        raise ProfileError(f"{source}: a profile is a mapping of fields ({_names(Profile)}), got {data!r}.")
+    data = dict(data)
+    base_name = data.pop("base", None)
+    if base_name is not None:
+        if base_name not in PROFILES:
+            raise ProfileError(
+                f"{source}: base {base_name!r} is not a built-in profile; use one of {', '.join(PROFILES)}."
+            )
+        base = copy.deepcopy(PROFILES[base_name])
+        base.name = default_name
+        base.description = f"{base_name} with changes ({source})"
+    else:
+        base = Profile(name=default_name)
+    return _build(Profile, data, source, base=base)
+
+
+# --- validation ----------------------------------------------------------------------------------------------------
+def _names(cls) -> str:
+    return ", ".join(f.name for f in fields(cls) if f.init)
+
+
+def _build(cls, data: Any, where: str, base: Any = None):
+    """`cls` from a mapping of its fields (nested dataclasses from nested mappings), starting from `base`."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ProfileError(f"{where} must be a mapping of {cls.__name__} fields ({_names(cls)}), got {data!r}.")
+    known = {f.name: f for f in fields(cls) if f.init}
+    unknown = [key for key in data if key not in known]
+    if unknown:
+        raise ProfileError(
+            f"{where}: unknown field{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(str(k)) for k in unknown)}; the fields of {cls.__name__} are: "
+            f"{_names(cls)}."
+        )
+    hints = _hints(cls)
+    values = {
+        name: _convert(value, hints[name], f"{where}.{name}", getattr(base, name, None)) for name, value in data.items()
+    }
+    try:
+        if base is not None:
+            return dataclasses.replace(base, **values)
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        raise ProfileError(f"{where}: {err}") from err
+
+
+@functools.cache
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp) -> str:
+    if tp is type(None):
+        return "null"
+    if isinstance(tp, type):
+        return "a mapping of fields" if is_dataclass(tp) else tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, where: str, base: Any = None) -> Any:
+    """`value` checked (and lightly converted: int -> float, list -> tuple) against the type hint `tp`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if is_dataclass(tp):
+        return _build(tp, value, where, base if isinstance(base, tp) else None)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, arg, where, base)
+            except ProfileError as err:
+                errors.append(err)
+        raise ProfileError(
+            f"{where} must be {' or '.join(_type_name(a) for a in args)}, got {value!r} ({type(value).__name__})."
+        )
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ProfileError(f"{where} must be one of {', '.join(map(repr, args))}, got {value!r}.")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ProfileError(f"{where} must be a list ({_type_name(tp)}), got {value!r} ({type(value).__name__}).")
+        if origin is tuple and args and (len(args) != 2 or args[1] is not Ellipsis):
+            if len(value) != len(args):
+                raise ProfileError(f"{where} must have {len(args)} items ({_type_name(tp)}), got {list(value)!r}.")
+            items = [_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+        else:
+            item = args[0] if args else Any
+            items = [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ProfileError(f"{where} must be a mapping, got {value!r} ({type(value).__name__}).")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, PurePath):  # a path given from Python
+            return str(value)
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+    else:
+        return value  # a hint this checker does not know: the dataclass's own __post_init__ validates it
+    raise ProfileError(f"{where} must be {_type_name(tp)}, got {value!r} ({type(value).__name__}).")
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value) if f.init}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+# --- help and the table --------------------------------------------------------------------------------------------
+def field_help(cls, name: str) -> str:
+    """A field's help: its `metadata["help"]`, else the docstring or comment written beside it in the source."""
+    for f in fields(cls):
+        if f.name == name and f.metadata.get("help"):
+            return " ".join(str(f.metadata["help"]).split())
+    return _source_help(cls).get(name, "")
+
+
+@functools.cache
+def _source_help(cls) -> dict[str, str]:
+    """Attribute docstrings (a string right under a field) and trailing comments, read from the class's source."""
+    try:
+        lines, _ = inspect.getsourcelines(cls)
+    except (OSError, TypeError):
+        return {}
+    source = textwrap.dedent("".join(lines))
+    body = ast.parse(source).body[0].body
+    found = {}
+    src_lines = source.splitlines()
+    for node, after in zip(body, body[1:] + [None]):
+        if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
+            continue
+        text = ""
+        if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
+            text = after.value.value
+        else:
+            line = src_lines[node.end_lineno - 1]
+            if "  # " in line:
+                text = line.split("  # ", 1)[1]
+        if text:
+            found[node.target.id] = " ".join(text.split())
+    return found
+
+
+def field_rows(cls=Profile, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted path, the field's dataclass or type hint, help) of every leaf field under `cls`, depth first."""
+    rows = []
+    hints = _hints(cls)
+    for f in fields(cls):
+        if not f.init:
+            continue
+        path = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if is_dataclass(tp):
+            rows += field_rows(tp, f"{path}.")
+        else:
+            rows.append((path, tp, field_help(cls, f.name)))
+    return rows
+
+
+def flatten(profile: Profile) -> dict[str, Any]:
+    """Dotted path -> value of every leaf field."""
+    out = {}
+
+    def walk(value, prefix):
+        if is_dataclass(value) and not isinstance(value, type):
+            for f in fields(value):
+                if f.init:
+                    walk(getattr(value, f.name), f"{prefix}{f.name}.")
+        else:
+            out[prefix[:-1]] = value
+
+    walk(profile, "")
+    return out
+
+
+def table(names: list[str | Path] | None = None, help: bool = True) -> pd.DataFrame:
+    """One row per field (dotted path), one column per profile (all built-in ones by default), plus its help."""
+    chosen = [get(n) for n in (names or list(PROFILES))]
+    values = {p.name: {k: _show(v) for k, v in flatten(p).items()} for p in chosen}
+    frame = pd.DataFrame(values)
+    frame.index.name = "field"
+    if help:
+        frame["help"] = [dict((path, h) for path, _, h in field_rows()).get(i, "") for i in frame.index]
+    return frame
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value)) if value else "-"
+    return "null" if value is None else str(value)
+
+
+def fields_help() -> str:
+    """Every field of a profile and its help, as a two-column list (`boomerang --help` shows it)."""
+    rows = field_rows()
+    width = max(len(path) for path, _, _ in rows)
+    return "\n".join(f"  {path:<{width}}  {h}" for path, _, h in rows)

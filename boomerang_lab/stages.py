@@ -1,0 +1,53 @@
+"""One call per notebook stage, so that the notebooks hold no logic and a recipe change needs no notebook edit."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .plan import LayerPlan
+
+
+def distill_students(
+    profile: str,
+    teacher_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    plan: LayerPlan,
+    student: str | Path,
+    random_student: str | Path | None = None,
+    teacher: str | None = None,
+    retrain: bool = False,
+) -> dict[str, Path]:
+    """Notebook 01's stage: distil the teacher-initialised student into `student` (and, when `random_student` is
+    given, a randomly initialised one of the same shape, the random-init baseline) with the profile's recipe, on the
+    training corpus under data/corpus. A directory that holds a finished run of the same recipe is reused (one of
+    another recipe is an error) unless `retrain`. Returns {run name: student directory}."""
+    from .distill import distill, finished
+    from .distill import profile as distill_profile
+    from .student import init_student
+    from .text_data import packed_blocks
+
+    runs = {"teacher-initialised": (Path(student), False)}
+    if random_student:
+        runs["random-init"] = (Path(random_student), True)
+    overrides = {"teacher": teacher} if teacher else {}
+    data = None
+    for name, (path, random_init) in runs.items():
+        config = distill_profile(
+            profile, output_dir=str(path), student_init="random" if random_init else "teacher", **overrides
+        )
+        if retrain:
+            shutil.rmtree(path, ignore_errors=True)
+        if finished(config, plan):
+            print(f"{name}: reusing {path.name}/, distilled with this recipe (set retrain = True to distil again)")
+            continue
+        data = (
+            data
+            if data is not None
+            else packed_blocks(tokenizer, seq_len=config.seq_len, packing=getattr(config, "packing", True))
+        )
+        start = init_student(teacher_model, plan, random_init=random_init, seed=config.seed)
+        distill(teacher_model, start, plan, data, config, tokenizer)
+    return {name: path for name, (path, _) in runs.items()}
