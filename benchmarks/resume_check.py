@@ -24,9 +24,11 @@ import torch
 from safetensors.torch import load_file
 
 STEPS = {"local_steps": 6, "max_steps": 6, "save_steps": 3}
+RECIPES = {"quick": {}, "fp32_global": {"local_steps": 0, "bf16": False}}
+"""The current quick recipe (local + global stages, bf16 autocast), and the previous one (global only, float32)."""
 
 
-def run(out: Path, kill_stage: str | None = None, kill_step: int = 0) -> None:
+def run(out: Path, kill_stage: str | None = None, kill_step: int = 0, recipe: str = "quick") -> None:
     """Distil in this process; with kill_stage, SIGKILL this process at the end of that stage's step."""
     from transformers import TrainerCallback
 
@@ -41,7 +43,7 @@ def run(out: Path, kill_stage: str | None = None, kill_step: int = 0) -> None:
 
     teacher, tok = load_model("smollm2-135m")
     plan = LayerPlan.paper(30)
-    config = profile("quick", output_dir=str(out), **STEPS)
+    config = profile("quick", output_dir=str(out), **{**STEPS, **RECIPES[recipe]})
     distill(
         teacher,
         init_student(teacher, plan),
@@ -64,33 +66,35 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=Path("runs/resume_check"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/resume_check_cpu.txt"))
-    p.add_argument("--child", nargs=3, metavar=("OUT", "STAGE", "STEP"), help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=4, metavar=("OUT", "STAGE", "STEP", "RECIPE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        out, stage, step = args.child
-        return run(Path(out), None if stage == "-" else stage, int(step))
+        out, stage, step, recipe = args.child
+        return run(Path(out), None if stage == "-" else stage, int(step), recipe)
 
     def child(out: Path, stage: str = "-", step: int = 0) -> int:
-        return subprocess.run(
-            [sys.executable, __file__, "--child", str(out), stage, str(step)], capture_output=True
-        ).returncode
+        command = [sys.executable, __file__, "--child", str(out), stage, str(step), out.parent.name]
+        return subprocess.run(command, capture_output=True).returncode
 
     lines = [
         f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; quick recipe with {STEPS}"
+        f"{torch.get_num_threads()} threads; steps {STEPS}"
     ]
-    for name in ("whole_a", "whole_b"):
-        if not (args.work / name).exists():
-            assert child(args.work / name) == 0, name
-    for stage, step in (("local", 4), ("global", 4)):
-        name = f"killed_{stage}_{step}"
-        if not (args.work / name).exists():
-            code = child(args.work / name, stage, step)
-            assert code == -signal.SIGKILL, f"{name}: expected a SIGKILL, got exit code {code}"
-            assert child(args.work / name) == 0, f"{name}: the resumed run failed"
-    for name in ("whole_b", "killed_local_4", "killed_global_4"):
-        diff, equal = compare(args.work / "whole_a", args.work / name)
-        lines.append(f"whole_a vs {name}: max |diff| {diff:.3e}, bit-identical {equal}")
+    for recipe, changes in RECIPES.items():
+        work = args.work / recipe
+        kills = [("global", 4)] if changes.get("local_steps") == 0 else [("local", 4), ("global", 4)]
+        for name in ("whole_a", "whole_b"):
+            if not (work / name).exists():
+                assert child(work / name) == 0, name
+        for stage, step in kills:
+            name = f"killed_{stage}_{step}"
+            if not (work / name).exists():
+                code = child(work / name, stage, step)
+                assert code == -signal.SIGKILL, f"{name}: expected a SIGKILL, got exit code {code}"
+                assert child(work / name) == 0, f"{name}: the resumed run failed"
+        for name in ("whole_b", *(f"killed_{stage}_{step}" for stage, step in kills)):
+            diff, equal = compare(work / "whole_a", work / name)
+            lines.append(f"{recipe} {changes}: whole_a vs {name}: max |diff| {diff:.3e}, bit-identical {equal}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -1,6 +1,6 @@
 """boomerang_lab: boomerang distillation — plan → student → distill → family → evaluate → plot."""
 
-from . import patch_search  # its register_order calls add the searched orders "klpatch" and "optimal"
+from . import blockwise, patch_search  # their register_order calls add "local", "klpatch" and "optimal"
 from .adapters import ADAPTERS, get_adapter
 from .curves import curve_quality
 from .explore import explore
@@ -15,6 +15,7 @@ __all__ = [
     "Family",
     "LayerPlan",
     "Order",
+    "blockwise",
     "curve_quality",
     "explore",
     "get_adapter",

@@ -74,7 +74,7 @@ def teacher_block_states(
     backbone = teacher.base_model
     try:
         masked = {} if attention_mask is None else {"attention_mask": attention_mask}
-        # The backbone stops after the last layer we need: the head never runs.
+        # The backbone only: the head never runs.
         backbone(input_ids=input_ids, use_cache=False, **masked)
     finally:
         for handle in handles:
@@ -159,3 +159,48 @@ def block_errors(
             )
             sums[i] += terms["local_nmse" if kind == "nmse" else "local_cos"].item() * len(ids)
     return {j: float(s) / len(input_ids) for j, s in zip(layers, sums)}
+
+
+LOCAL_CALIBRATION = {"num_sequences": 8, "seq_len": 256, "seed": 1}
+"""Calibration for the "local" order: 8 windows of 256 training-corpus tokens (seed 1: not the windows ShortGPT's
+block influence is measured on); a few seconds on a CPU for SmolLM2-135M."""
+
+
+def local_order(family, calibration: Tensor | None = None, batch_size: int = 8):
+    """The "local" patch order: the blocks whose student layer stands in worst for its teacher block, measured in
+    the teacher's context (the local stage's nmse on calibration text), are patched first; so at every size the
+    student layers that remain are the ones that fit their blocks best. One teacher pass and one pass of each
+    multi-layer student layer over the calibration text, against K(K+1)/2 member passes for klpatch."""
+    from .orders import Order
+
+    if calibration is None:
+        calibration = _local_calibration(family)
+    errors = block_errors(family.teacher, family.student, family.plan, calibration, batch_size)
+    return Order.from_blocks(family.plan, sorted(errors, key=lambda j: (-errors[j], j)), name="local")
+
+
+def _local_calibration(family) -> Tensor:
+    from transformers import AutoTokenizer
+
+    from .patch_search import calibration_set
+
+    source = family.teacher.name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source) if source else None
+    except (OSError, ValueError):
+        tokenizer = None
+    if tokenizer is None:
+        raise ValueError(
+            f"The local order's calibration needs the teacher's tokenizer, and none loads from the "
+            f"teacher's name_or_path {source!r}; call local_order(family, calibration_set(tokenizer))."
+        )
+    return calibration_set(tokenizer, **LOCAL_CALIBRATION)
+
+
+def _register() -> None:
+    from .family import register_order
+
+    register_order("local", local_order)
+
+
+_register()

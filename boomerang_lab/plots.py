@@ -30,7 +30,7 @@ PRIMARY_METRIC = {
 (`<name>_local`) report the same."""
 FALLBACK_METRICS = ("acc_norm", "acc", "word_perplexity", "perplexity")
 MAIN_METHOD = "boomerang"
-LOSS_TERMS = ("loss", "ce", "kl", "cos", "lr")
+LOSS_TERMS = ("loss", "local_nmse", "ce", "kl", "cos", "lr")
 KEY = ["teacher", "student", "method", "order", "k", "task", "metric"]
 X_AXES = {"params": ("parameters (M)", 1e-6), "layers": ("layers", 1)}
 """What a size axis can show: column -> (label, scale)."""
@@ -225,23 +225,36 @@ def loss_curves(logs: pd.DataFrame | str | Path | Mapping[str, pd.DataFrame | st
     runs = dict(logs) if isinstance(logs, Mapping) else {"": logs}
     runs = {label: pd.read_csv(log) if isinstance(log, (str, Path)) else log for label, log in runs.items()}
     terms = [t for t in LOSS_TERMS if any(t in log and log[t].notna().any() for log in runs.values())]
+    if any("stage" in log and log.stage.nunique() > 1 for log in runs.values()):
+        terms = [t for t in terms if t != "loss"]  # the stages' totals are on different scales: show their terms
     if not terms:
         raise ValueError(
             f"The training log has none of the columns {LOSS_TERMS}; it has "
             f"{sorted({c for log in runs.values() for c in log.columns})}."
         )
     fig, axes = plt.subplots(1, len(terms), figsize=(3.2 * len(terms), 3), squeeze=False)
+    staged = False
     for (label, log), color in zip(runs.items(), sns.color_palette("tab10", len(runs))):
-        for ax, term in zip(axes.flat, terms):
-            if term not in log or log[term].isna().all():
-                continue
-            y = log[term].astype(float)
-            if term != "lr" and smooth > 1 and len(y) > smooth:
-                ax.plot(log.step, y, color=color, alpha=0.25, lw=0.8)
-                y = y.rolling(smooth, min_periods=1, center=True).mean()
-            ax.plot(log.step, y, color=color, lw=1.5, label=label or None)
+        # A run with a local stage logs it first, then the global stage from step 1 again: one x axis, the
+        # stages one after the other, each drawn on its own (a dotted line marks where the global stage starts).
+        stages = log.groupby("stage", sort=False) if "stage" in log else [("", log)]
+        offset = 0
+        for stage, part in stages:
+            x = part.step + offset
+            for ax, term in zip(axes.flat, terms):
+                if term not in part or part[term].isna().all():
+                    continue
+                y = part[term].astype(float)
+                if term != "lr" and smooth > 1 and len(y) > smooth:
+                    ax.plot(x, y, color=color, alpha=0.25, lw=0.8)
+                    y = y.rolling(smooth, min_periods=1, center=True).mean()
+                ax.plot(x, y, color=color, lw=1.5, label=(label or None) if stage in ("", "global") else None)
+                if offset:
+                    ax.axvline(offset + 0.5, color="0.6", ls=":", lw=1)
+            offset += int(part.step.max())
+            staged = staged or bool(stage)
     for ax, term in zip(axes.flat, terms):
-        ax.set(xlabel="step", title=term)
+        ax.set(xlabel="step (local stage, then global)" if staged else "step", title=term)
         ax.grid(alpha=0.3)
     if len(runs) > 1:
         axes.flat[0].legend(frameon=False, fontsize=8)

@@ -130,15 +130,8 @@ def staged_run(out: Path, callbacks=(), **overrides) -> Path:
     student = init_student(teacher, PLAN)
     ids = torch.randint(0, VOCAB, (64, 16), generator=torch.Generator().manual_seed(0))
     data = Dataset.from_dict({"input_ids": ids.tolist()})
-    config = profile(
-        "smoke",
-        output_dir=str(out),
-        batch_size=4,
-        local_steps=4,
-        max_steps=4,
-        save_steps=2,
-        **{"use_cpu": True, **overrides},
-    )
+    settings = {"batch_size": 4, "local_steps": 4, "max_steps": 4, "save_steps": 2, "use_cpu": True, **overrides}
+    config = profile("smoke", output_dir=str(out), **settings)
     return distill(teacher, student, PLAN, data, config, callbacks=callbacks, progress=False)
 
 
@@ -222,3 +215,23 @@ def test_bad_stage_settings_are_clear_errors(tmp_path):
             Dataset.from_dict({"input_ids": ids.tolist()}),
             profile("smoke", output_dir=str(tmp_path / "y")),
         )
+
+
+def test_the_local_order_patches_the_worst_fitting_blocks_first():
+    from boomerang_lab.blockwise import local_order
+    from boomerang_lab.family import Family
+
+    teacher = tiny_model("llama")
+    student = init_student(teacher, PLAN)
+    with torch.no_grad():
+        for p in layers_of(student)[2].parameters():  # student layer 2 (block [3, 5)) fits worst
+            p.add_(0.2 * torch.randn_like(p))
+    family = Family(teacher, student, PLAN)
+    ids = torch.randint(0, VOCAB, (4, 12), generator=torch.Generator().manual_seed(0))
+    errors = block_errors(teacher, student, PLAN, ids)
+    order = local_order(family, ids)
+    assert order.name == "local" and order.steps[0] == (2,)
+    assert [s[0] for s in order.steps] == sorted(errors, key=lambda j: -errors[j])
+    assert sorted(j for s in order.steps for j in s) == list(range(PLAN.num_student_layers))
+    with pytest.raises(ValueError, match="local order's calibration needs the teacher's tokenizer"):
+        family.order("local")

@@ -438,3 +438,48 @@ def test_cli_evaluate_names_a_distilled_student_by_its_recipe(tmp_path):
     )
     assert set(read_results(results).student) == {run_name(student_dir)}
     assert run_name(student_dir).startswith("student@")
+
+
+def test_lm_eval_tasks_run_at_the_chosen_sizes_and_autocast_is_close(smol, smol_family, tmp_path, capsys):
+    teacher, tok = smol
+    table = sweep(
+        teacher,
+        tok,
+        smol_family.student,
+        PLAN8,
+        tasks=[PPL_TASK, "arc_easy_local"],
+        ppl=TINY_PPL,
+        limit=2,
+        lm_eval_sizes=2,
+        teacher_name="tiny",
+        student_name="student",
+        results=tmp_path / "r.csv",
+    )
+    ks = table.groupby("task").k.apply(lambda k: sorted(set(k)))
+    assert ks[PPL_TASK] == [0, 1, 2, 3] and ks["arc_easy_local"] == [0, 3]  # the student and the teacher only
+    out = capsys.readouterr().out
+    assert "[sweep] 6 evaluations to run, 0 already in" in out and "[sweep] 6/6 boomerang last k=3" in out
+    assert sorted(sweep_module._lm_eval_ks(14, 5)) == [0, 4, 7, 10, 14] and sweep_module._lm_eval_ks(3, 9) == {
+        0,
+        1,
+        2,
+        3,
+    }
+    with pytest.raises(ValueError, match="lm_eval_sizes must be at least 2"):
+        sweep_module._lm_eval_ks(14, 1)
+    fp32 = table[(table.task == PPL_TASK) & (table.metric == "token_perplexity")].value.to_numpy()
+    bf16 = sweep(
+        teacher,
+        tok,
+        smol_family.student,
+        PLAN8,
+        tasks=[PPL_TASK],
+        ppl=TINY_PPL,
+        autocast="bfloat16",
+        teacher_name="tiny",
+        student_name="student",
+        results=tmp_path / "b.csv",
+        progress=False,
+    )
+    bf16 = bf16[bf16.metric == "token_perplexity"].value.to_numpy()
+    assert not (bf16 == fp32).all() and abs(bf16 / fp32 - 1).max() < 0.05  # really bf16, and close

@@ -218,7 +218,8 @@ def test_bad_files_name_the_field(tmp_path, text, message):
 def test_bad_names_and_unreadable_files(tmp_path):
     with pytest.raises(
         ProfileError,
-        match="Unknown profile 'fast'; use one of smoke, quick, kit, paper, paper-llama, or a .yaml/.json file",
+        match="Unknown profile 'fast'; use one of smoke, quick, quick-paper, kit, paper, paper-llama, or a .yaml/.json "
+        "file",
     ):
         profiles.get("fast")
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
@@ -237,7 +238,7 @@ def test_boomerang_profiles_prints_every_profiles_values(capsys):
     main(["profiles"])
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("| field"))
-    assert header == "| field | smoke | quick | kit | paper | paper-llama |"
+    assert header == "| field | smoke | quick | quick-paper | kit | paper | paper-llama |"
     row = next(line for line in out.splitlines() if line.startswith("| distill.grad_accum "))
     assert row == "| distill.grad_accum | 1 | 1 | 8 | 256 | 256 |"
     assert all(f"| {path} |" in out for path in flatten(PROFILES["quick"]) if path not in ("name", "description"))

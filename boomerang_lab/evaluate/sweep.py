@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -62,6 +63,7 @@ class SweepConfig:
     results: str | Path = "results/sweep.csv"  # .csv or .parquet; appended to
     batch_size: int | None = None  # lm-eval batch size
     lm_eval_sizes: int | None = None  # lm-eval tasks at this many evenly spaced sizes (None: the profile's)
+    autocast: str | None = None  # evaluate under torch.autocast to this dtype (None: the profile's)
     calibration: tuple[int, int] = (16, 256)  # ShortGPT calibration: samples x tokens from the training corpus
     progress: bool = True
 
@@ -83,6 +85,7 @@ class SweepConfig:
             results=Path(self.results),
             batch_size=profile.batch_size if self.batch_size is None else self.batch_size,
             lm_eval_sizes=profile.lm_eval_sizes if self.lm_eval_sizes is None else self.lm_eval_sizes,
+            autocast=profile.autocast if self.autocast is None else self.autocast,
         )
 
 
@@ -244,6 +247,10 @@ def _candidates(
 
 def _evaluate(model: PreTrainedModel, tokenizer, task: str, cfg: SweepConfig) -> pd.DataFrame:
     """Tidy (metric, value, stderr) rows of one model on one task."""
+    if cfg.autocast:
+        device = next(model.parameters()).device.type
+        with torch.autocast(device, dtype=getattr(torch, cfg.autocast)):
+            return _evaluate(model, tokenizer, task, dataclasses.replace(cfg, autocast=None))
     if task == PPL_TASK:
         result = perplexity(model, tokenizer, config=cfg.ppl)
         metrics = ("token_perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
