@@ -235,3 +235,16 @@ def test_the_local_order_patches_the_worst_fitting_blocks_first():
     assert sorted(j for s in order.steps for j in s) == list(range(PLAN.num_student_layers))
     with pytest.raises(ValueError, match="local order's calibration needs the teacher's tokenizer"):
         family.order("local")
+
+
+def test_the_cli_runs_the_local_stage(tmp_path):
+    from boomerang_lab.cli import main
+    from boomerang_lab.data import data_file
+
+    out = tmp_path / "student"
+    main(["distill", "--profile", "smoke", "--out", str(out), "--local-steps", "2", "--max-steps", "2",
+          "--data", str(data_file("corpus/pg11_alice_in_wonderland.txt"))])  # fmt: skip
+    log = pd.read_csv(out / LOG_FILE)
+    assert list(log.stage) == ["local", "local", "global", "global"]
+    with pytest.raises(SystemExit, match="local_steps"):
+        main(["distill", "--profile", "smoke", "--out", str(tmp_path / "bad"), "--local-steps", "-1"])

@@ -302,6 +302,7 @@ def test_sweep_covers_every_method(smol, smol_family, tmp_path):
         student_name="student",
         calibration=(2, 16),
         results=tmp_path / "r.parquet",
+        profile="smoke",  # float32: its values are compared with direct computations
     )
     assert list(table.columns) == sweep_module.COLUMNS
     token = table[table.metric == "token_perplexity"].set_index(["method", "order", "k"]).sort_index()
@@ -341,6 +342,7 @@ def test_sweep_runs_lm_eval_tasks_and_checks_its_inputs(smol, tmp_path):
 def test_interrupted_sweep_resumes_without_duplicates(smol, smol_family, tmp_path, monkeypatch):
     teacher, tok = smol
     args = dict(
+        profile="smoke",
         tasks=[PPL_TASK],
         ppl=TINY_PPL,
         methods=("boomerang", "naive"),
@@ -451,6 +453,7 @@ def test_lm_eval_tasks_run_at_the_chosen_sizes_and_autocast_is_close(smol, smol_
         ppl=TINY_PPL,
         limit=2,
         lm_eval_sizes=2,
+        profile="smoke",  # float32
         teacher_name="tiny",
         student_name="student",
         results=tmp_path / "r.csv",

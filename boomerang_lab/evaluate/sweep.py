@@ -248,9 +248,12 @@ def _candidates(
 def _evaluate(model: PreTrainedModel, tokenizer, task: str, cfg: SweepConfig) -> pd.DataFrame:
     """Tidy (metric, value, stderr) rows of one model on one task."""
     if cfg.autocast:
-        device = next(model.parameters()).device.type
-        with torch.autocast(device, dtype=getattr(torch, cfg.autocast)):
-            return _evaluate(model, tokenizer, task, dataclasses.replace(cfg, autocast=None))
+        with torch.autocast(next(model.parameters()).device.type, dtype=getattr(torch, cfg.autocast)):
+            return _evaluate_task(model, tokenizer, task, cfg)
+    return _evaluate_task(model, tokenizer, task, cfg)
+
+
+def _evaluate_task(model: PreTrainedModel, tokenizer, task: str, cfg: SweepConfig) -> pd.DataFrame:
     if task == PPL_TASK:
         result = perplexity(model, tokenizer, config=cfg.ppl)
         metrics = ("token_perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
