@@ -294,8 +294,10 @@ def _plot_tasks(results: pd.DataFrame | None) -> list[str]:
 
 
 def _default_orders(family: Family, results: pd.DataFrame | None) -> list[Order]:
-    """last and first, then every other order the results were measured with that the family can build."""
-    names = ["last", "first"] + ([] if results is None else list(dict.fromkeys(results.order.dropna().astype(str))))
+    """The orders the results were measured with (the first one is shown first), then last and first: those the
+    family can build by name."""
+    measured = [] if results is None else list(dict.fromkeys(results.order.dropna().astype(str)))
+    names = [*measured, "last", "first"]
     orders = {}
     for name in names:
         try:
