@@ -180,20 +180,11 @@ def local_order(family, calibration: Tensor | None = None, batch_size: int = 8):
 
 
 def _local_calibration(family) -> Tensor:
-    from transformers import AutoTokenizer
+    from .patch_search import calibration_set, teacher_tokenizer
 
-    from .patch_search import calibration_set
-
-    source = family.teacher.name_or_path
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source) if source else None
-    except (OSError, ValueError):
-        tokenizer = None
-    if tokenizer is None:
-        raise ValueError(
-            f"The local order's calibration needs the teacher's tokenizer, and none loads from the "
-            f"teacher's name_or_path {source!r}; call local_order(family, calibration_set(tokenizer))."
-        )
+    tokenizer = teacher_tokenizer(
+        family, "The local order's calibration", "local_order(family, calibration_set(tokenizer))"
+    )
     return calibration_set(tokenizer, **LOCAL_CALIBRATION)
 
 

@@ -3,6 +3,7 @@ work."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -340,23 +341,22 @@ def distill(
             atomic_write_text(work / CONFIG_FILE, json.dumps(run, indent=2) + "\n")
 
     logs, trainer = [], None
+    run_stage = functools.partial(
+        _stage,
+        student=student,
+        teacher=teacher,
+        plan=plan,
+        data=data,
+        config=config,
+        work=work,
+        tokenizer=tokenizer,
+        callbacks=callbacks,
+        progress=progress,
+    )
     flags = {name: p.requires_grad for name, p in student.named_parameters()}
     if config.local_steps:
         only_train(student, plan)
-        trainer = _stage(
-            "local",
-            LocalTrainer,
-            student,
-            teacher,
-            plan,
-            data,
-            config,
-            work,
-            tokenizer,
-            callbacks,
-            progress,
-            local_loss=config.local_loss,
-        )
+        trainer = run_stage("local", LocalTrainer, local_loss=config.local_loss)
         logs.append(trainer.stage_log)
         restore_grad(student, flags)
     if config.max_steps:
@@ -364,20 +364,7 @@ def distill(
             adapter = get_adapter(student)
             for path in (*adapter.embeddings, adapter.head):
                 student.get_submodule(path).requires_grad_(False)
-        trainer = _stage(
-            "global",
-            DistillTrainer,
-            student,
-            teacher,
-            plan,
-            data,
-            config,
-            work,
-            tokenizer,
-            callbacks,
-            progress,
-            loss_config=config.loss,
-        )
+        trainer = run_stage("global", DistillTrainer, loss_config=config.loss)
         logs.append(trainer.stage_log)
 
     if trainer.is_world_process_zero():

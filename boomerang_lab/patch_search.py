@@ -49,8 +49,9 @@ def calibration_set(
     return torch.tensor(rows)
 
 
-def default_calibration(family: Family) -> torch.Tensor:
-    """CALIBRATION drawn with the teacher's tokenizer, loaded from its `name_or_path` (a directory or a hub id)."""
+def teacher_tokenizer(family: Family, purpose: str, instead: str):
+    """The teacher's tokenizer, loaded from its `name_or_path` (a directory or a hub id); a clear error naming
+    `purpose` and what to call `instead` when none loads."""
     from transformers import AutoTokenizer
 
     source = family.teacher.name_or_path
@@ -60,9 +61,17 @@ def default_calibration(family: Family) -> torch.Tensor:
         tokenizer = None
     if tokenizer is None:
         raise ValueError(
-            f"The default calibration set needs the teacher's tokenizer, and none loads from the teacher's "
-            f"name_or_path {source!r}; call search(family, name, calibration_set(tokenizer)) instead."
+            f"{purpose} needs the teacher's tokenizer, and none loads from the teacher's name_or_path {source!r}; "
+            f"call {instead} instead."
         )
+    return tokenizer
+
+
+def default_calibration(family: Family) -> torch.Tensor:
+    """CALIBRATION drawn with the teacher's tokenizer, loaded from its `name_or_path` (a directory or a hub id)."""
+    tokenizer = teacher_tokenizer(
+        family, "The default calibration set", "search(family, name, calibration_set(tokenizer))"
+    )
     return calibration_set(tokenizer, **CALIBRATION)
 
 

@@ -172,6 +172,17 @@ register(
     )
 )
 
+QUICK_EVAL = EvalProfile(
+    (PPL_TASK, "lambada_openai_local"),
+    limit=64,
+    ppl=PerplexityConfig(window=1024, stride=1024, max_tokens=4096),
+    batch_size=16,
+    lm_eval_sizes=3,
+    autocast="bfloat16",
+)
+"""The CPU evaluation of `quick` and `quick-paper`: WikiText-2 test perplexity (4,096 tokens) at every size, LAMBADA
+(64 examples, batched by 16) at 3 sizes, both under bf16 autocast."""
+
 # The main job, on a 2-core CPU with the SmolLM2-135M teacher (benchmarks/study_quick.py chose it on WikiText-2
 # validation text; README "Measured"). Two stages at 4 x 128 tokens per step, both under bf16 autocast (the CPU's
 # avx512_bf16: ~1.5x faster steps than float32):
@@ -199,14 +210,7 @@ register(
             freeze_embeddings=True,
         ),
         PlanSettings(),
-        EvalProfile(
-            (PPL_TASK, "lambada_openai_local"),
-            limit=64,
-            ppl=PerplexityConfig(window=1024, stride=1024, max_tokens=4096),
-            batch_size=16,
-            lm_eval_sizes=3,
-            autocast="bfloat16",
-        ),
+        QUICK_EVAL,
         PipelineSettings(random_init=False, orders=("local",)),
     )
 )
@@ -229,14 +233,7 @@ register(
             freeze_embeddings=False,
         ),
         PlanSettings(),
-        EvalProfile(
-            (PPL_TASK, "lambada_openai_local"),
-            limit=64,
-            ppl=PerplexityConfig(window=1024, stride=1024, max_tokens=4096),
-            batch_size=16,
-            lm_eval_sizes=3,
-            autocast="bfloat16",
-        ),
+        QUICK_EVAL,
         PipelineSettings(random_init=False, orders=("last",)),
     )
 )
