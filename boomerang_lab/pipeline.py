@@ -95,6 +95,24 @@ class RunConfig:
         }
 
 
+def _encrypted_kernel_manager():
+    """nbclient's kernel manager, asking for CurveZMQ transport encryption where pyzmq has it ("auto").
+
+    Without it ipykernel warns on every notebook that its TCP traffic is plain text; with "auto" the manager gives the
+    kernel keys when its kernelspec declares support (ipykernel's does) and otherwise starts it as before.
+    """
+    import zmq
+    from jupyter_client import AsyncKernelManager
+
+    class KernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            if zmq.has("curve"):
+                self.transport_encryption = "auto"
+
+    return KernelManager
+
+
 def run(config: RunConfig | str = "quick", progress: bool = True, **overrides) -> Path:
     """Execute the pipeline's notebooks in order into `config.out`, stopping at the first failure (PipelineError).
 
@@ -128,6 +146,7 @@ def run(config: RunConfig | str = "quick", progress: bool = True, **overrides) -
                 progress_bar=progress,
                 parameters={k: v for k, v in parameters.items() if k in declared},
                 stdout_file=sys.stdout if progress else None,
+                kernel_manager_class=_encrypted_kernel_manager(),
             )
         except Exception as err:
             raise PipelineError(

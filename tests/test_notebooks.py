@@ -268,3 +268,16 @@ def test_cli_run_passes_options_and_exits_with_the_failure(monkeypatch):
         "random_init": False,
         "publish": False,
     }
+
+
+def test_run_streams_the_notebooks_prints_without_the_kernels_plain_tcp_warning(tmp_path, capfd):
+    """`boomerang run` shows what the notebooks print; ipykernel's "running over TCP without encryption" warning is
+    gone where pyzmq has CurveZMQ (the kernel manager provisions keys), instead of being printed once per notebook."""
+    import zmq
+
+    _notebook(tmp_path / "a.ipynb", "figures = None", "print('a notebook line')")
+    run("smoke", out=tmp_path / "out", notebook_dir=tmp_path, notebooks=("a",), progress=True)
+    out, err = capfd.readouterr()
+    assert "a notebook line" in out
+    if zmq.has("curve"):
+        assert "without encryption" not in out + err

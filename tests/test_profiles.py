@@ -454,7 +454,6 @@ OWNED = [
     "boomerang_lab/evaluate/profiles.py",
     "boomerang_lab/evaluate/baselines.py",
     "boomerang_lab/evaluate/pseudo_perplexity.py",
-    "boomerang_lab/pseudo_perplexity.py",
     "tests/test_profiles.py",
 ]
 
