@@ -12,6 +12,12 @@ CRITERION (stated before any run; settings are chosen on WikiText-2 *validation*
   smallest mean log-ratio. The winner is then reported once on WikiText-2 *test* text: the quick sweep's first
   4,096 tokens and, as a check of robustness, the 16,384 tokens after them.
 
+SEED CHECK (stated 2026-12-02, before its runs): the choice "A (96 local + 64 global steps) over B (128 global
+  steps)" was made on seed 0. It stands if, for each of seeds 1 and 2 (the data order of both stages), A's validation
+  perplexity is below B's at every size from 16 to 29 layers in the `local` order; otherwise the README says at how
+  many sizes and seeds it held. Run: --variant A_l96_g64_s<seed> --local-steps 96 --max-steps 64 and --variant
+  B_g128_s<seed> --max-steps 128, both --bf16 --eval-bf16 --val-tokens 4096 --orders local last --seed <seed>.
+
 Each variant distils a SmolLM2-135M student (`boomerang_lab.distill`, local stage optional), then measures every
 size of each order. Results are appended to --out/variants.csv (one row per variant x order x size) and
 --out/baselines.csv; students are kept under --work/<variant> and reused.
