@@ -433,11 +433,12 @@ def test_orders_register_through_the_registry():
 
 
 def test_pseudo_perplexity_lives_in_evaluate():
-    from boomerang_lab import pseudo_perplexity as alias
     from boomerang_lab.evaluate import pseudo_perplexity as module
 
-    assert (PACKAGE / "evaluate" / "pseudo_perplexity.py").is_file()
-    assert alias.pseudo_perplexity is module.pseudo_perplexity and alias.MaskTokens is module.MaskTokens
+    assert (PACKAGE / "evaluate" / "pseudo_perplexity.py").is_file() and callable(module.pseudo_perplexity)
+    assert not (PACKAGE / "pseudo_perplexity.py").exists()  # one module, no alias at the top level
+    users = [p for p in (ROOT / "notebooks").glob("*.ipynb") if "boomerang_lab.pseudo_perplexity" in p.read_text()]
+    assert not users, users
 
 
 def test_the_wikitext_path_is_written_once():
