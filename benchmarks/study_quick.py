@@ -18,6 +18,12 @@ SEED CHECK (stated 2026-12-02, before its runs): the choice "A (96 local + 64 gl
   many sizes and seeds it held. Run: --variant A_l96_g64_s<seed> --local-steps 96 --max-steps 64 and --variant
   B_g128_s<seed> --max-steps 128, both --bf16 --eval-bf16 --val-tokens 4096 --orders local last --seed <seed>.
 
+PLAN CHECK (stated 2026-12-02, before its run): the paper's Llama plan (--keep-first 2: layers 0, 1, then every 2nd,
+  the last 2; 17 layers) with recipe A, seed 0, orders local, first and last. It would replace the default plan
+  (keep_first=1) if, on validation text, its best order is ahead of ShortGPT at more of the sizes 17-29 layers than
+  the default plan's `local` order on seed 0 (8 of 13), with no more monotonicity violations (1). One seed: a hint,
+  and a change of the default would need the seed check's two more seeds first.
+
 Each variant distils a SmolLM2-135M student (`boomerang_lab.distill`, local stage optional), then measures every
 size of each order. Results are appended to --out/variants.csv (one row per variant x order x size) and
 --out/baselines.csv; students are kept under --work/<variant> and reused.
