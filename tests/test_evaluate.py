@@ -283,25 +283,27 @@ def test_shortgpt_removes_the_lowest_influence_layers():
 TINY_PPL = PerplexityConfig(window=32, stride=32, max_tokens=64)
 
 
+def tiny_sweep(smol, smol_family, results, **settings):
+    """`sweep` over the tiny family's members on the tiny perplexity window, named "tiny"/"student" in the table."""
+    teacher, tok = smol
+    defaults = dict(ppl=TINY_PPL, teacher_name="tiny", student_name="student")
+    return sweep(teacher, tok, smol_family.student, PLAN8, results=results, **{**defaults, **settings})
+
+
 def test_sweep_covers_every_method(smol, smol_family, tmp_path):
     teacher, tok = smol
     random_student = perturb(init_student(teacher, PLAN8, random_init=True))
-    table = sweep(
-        teacher,
-        tok,
-        smol_family.student,
-        PLAN8,
+    table = tiny_sweep(
+        smol,
+        smol_family,
+        tmp_path / "r.parquet",
         tasks=[PPL_TASK],
-        ppl=TINY_PPL,
         methods=("boomerang", "naive", "shortgpt", "random_init", "distilled"),
         orders=("last", "first"),
         random_student=random_student,
         random_name="rand",
         distilled={5: random_student},
-        teacher_name="tiny",
-        student_name="student",
         calibration=(2, 16),
-        results=tmp_path / "r.parquet",
         profile="smoke",  # float32: its values are compared with direct computations
     )
     assert list(table.columns) == sweep_module.COLUMNS
@@ -341,16 +343,8 @@ def test_sweep_runs_lm_eval_tasks_and_checks_its_inputs(smol, tmp_path):
 
 def test_interrupted_sweep_resumes_without_duplicates(smol, smol_family, tmp_path, monkeypatch):
     teacher, tok = smol
-    args = dict(
-        profile="smoke",
-        tasks=[PPL_TASK],
-        ppl=TINY_PPL,
-        methods=("boomerang", "naive"),
-        teacher_name="tiny",
-        student_name="student",
-        progress=False,
-    )
-    full = sweep(teacher, tok, smol_family.student, PLAN8, results=tmp_path / "full.csv", **args)
+    args = dict(profile="smoke", tasks=[PPL_TASK], methods=("boomerang", "naive"), progress=False)
+    full = tiny_sweep(smol, smol_family, tmp_path / "full.csv", **args)
     assert len(full) == 2 * 4 * 4 and not full.duplicated(sweep_module.KEY + ["metric"]).any()
 
     real, calls = sweep_module._evaluate, []
@@ -364,11 +358,11 @@ def test_interrupted_sweep_resumes_without_duplicates(smol, smol_family, tmp_pat
     monkeypatch.setattr(sweep_module, "_evaluate", crash_on_third)
     results = tmp_path / "resumed.csv"
     with pytest.raises(KeyboardInterrupt):
-        sweep(teacher, tok, smol_family.student, PLAN8, results=results, **args)
+        tiny_sweep(smol, smol_family, results, **args)
     assert len(read_results(results)) == 2 * 4  # the two finished evaluations survived, the third was in flight
     monkeypatch.setattr(sweep_module, "_evaluate", real)
-    resumed = sweep(teacher, tok, smol_family.student, PLAN8, results=results, **args)
-    again = sweep(teacher, tok, smol_family.student, PLAN8, results=results, **args)
+    resumed = tiny_sweep(smol, smol_family, results, **args)
+    again = tiny_sweep(smol, smol_family, results, **args)
     on_disk = read_results(results)
     assert len(on_disk) == len(full) and not on_disk.duplicated(sweep_module.KEY + ["metric"]).any()
     by_key = sweep_module.KEY + ["metric"]
@@ -444,19 +438,14 @@ def test_cli_evaluate_names_a_distilled_student_by_its_recipe(tmp_path):
 
 def test_lm_eval_tasks_run_at_the_chosen_sizes_and_autocast_is_close(smol, smol_family, tmp_path, capsys):
     teacher, tok = smol
-    table = sweep(
-        teacher,
-        tok,
-        smol_family.student,
-        PLAN8,
+    table = tiny_sweep(
+        smol,
+        smol_family,
+        tmp_path / "r.csv",
         tasks=[PPL_TASK, "arc_easy_local"],
-        ppl=TINY_PPL,
         limit=2,
         lm_eval_sizes=2,
         profile="smoke",  # float32
-        teacher_name="tiny",
-        student_name="student",
-        results=tmp_path / "r.csv",
     )
     ks = table.groupby("task").k.apply(lambda k: sorted(set(k)))
     assert ks[PPL_TASK] == [0, 1, 2, 3] and ks["arc_easy_local"] == [0, 3]  # the student and the teacher only
@@ -471,18 +460,6 @@ def test_lm_eval_tasks_run_at_the_chosen_sizes_and_autocast_is_close(smol, smol_
     with pytest.raises(ValueError, match="lm_eval_sizes must be at least 2"):
         sweep_module._lm_eval_ks(14, 1)
     fp32 = table[(table.task == PPL_TASK) & (table.metric == "token_perplexity")].value.to_numpy()
-    bf16 = sweep(
-        teacher,
-        tok,
-        smol_family.student,
-        PLAN8,
-        tasks=[PPL_TASK],
-        ppl=TINY_PPL,
-        autocast="bfloat16",
-        teacher_name="tiny",
-        student_name="student",
-        results=tmp_path / "b.csv",
-        progress=False,
-    )
+    bf16 = tiny_sweep(smol, smol_family, tmp_path / "b.csv", tasks=[PPL_TASK], autocast="bfloat16", progress=False)
     bf16 = bf16[bf16.metric == "token_perplexity"].value.to_numpy()
     assert not (bf16 == fp32).all() and abs(bf16 / fp32 - 1).max() < 0.05  # really bf16, and close
