@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, BertConfig, BertForMaskedLM
 
 from boomerang_lab import Family, LayerPlan, Order, curve_quality, init_student, patch_search
+from boomerang_lab.adapters import layers_of
 from boomerang_lab.data import CORPUS_FILES, data_file
 from boomerang_lab.patch_search import (
     brute_force,
@@ -196,21 +197,82 @@ def test_search_is_cached_in_the_family_and_next_to_the_student(tmp_path, monkey
     saved = json.loads((tmp_path / "order_optimal.json").read_text())
     assert Order.load(tmp_path / "order_optimal.json") == order and len(saved["fingerprint"]) == 64
 
-    def fail(*_):
+    def fail(*_, **__):
         raise AssertionError("searched again")
 
     monkeypatch.setitem(patch_search.SEARCHES, "optimal", fail)
     assert search(Family(teacher, student, plan), "optimal", calibration) == order  # read back from the json
     with pytest.raises(AssertionError, match="searched again"):  # another calibration set: not the same search
         search(Family(teacher, student, plan), "optimal", ids(seed=1))
+    other = patch_search.SearchConfig(stride=2)
+    with pytest.raises(AssertionError, match="searched again"):  # other settings: not the same search
+        search(Family(teacher, student, plan), "optimal", calibration, config=other)
+    changed = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        layers_of(changed)[1].mlp.down_proj.weight[0, 0] += 1e-3
+    with pytest.raises(AssertionError, match="searched again"):  # another student: not the same search
+        search(Family(teacher, changed, plan), "optimal", calibration)
 
 
-def test_named_order_uses_the_default_calibration(monkeypatch):
+def test_a_saved_search_is_reused_with_its_recorded_settings(tmp_path, monkeypatch):
+    """A family that names "klpatch" without settings reuses the order searched next to the student, with the settings
+    recorded there (the main job searches once in notebook 01; 02-07 and the explorer read it)."""
+    teacher = tiny_model("llama", 8)
+    plan = LayerPlan.paper(8)
+    perturb(init_student(teacher, plan)).save_pretrained(tmp_path)
+    plan.save(tmp_path)
+    student = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    config = patch_search.SearchConfig(num_sequences=3, seq_len=8, seed=5, stride=2)
+    monkeypatch.setattr(patch_search, "teacher_tokenizer", lambda *a: None)
+    monkeypatch.setattr(
+        patch_search.SearchConfig, "calibration", lambda self, tok: ids(self.num_sequences, self.seq_len, self.seed)
+    )
+    order = search(Family(teacher, student, plan), "klpatch", config=config)
+    saved = json.loads((tmp_path / "order_klpatch.json").read_text())
+    assert saved["search"]["stride"] == 2 and saved["seconds"] >= 0
+    monkeypatch.setitem(patch_search.SEARCHES, "klpatch", lambda *a, **k: pytest.fail("searched again"))
+    fresh = Family(teacher, student, plan)
+    assert patch_search.search_config(fresh) == config
+    assert fresh.order("klpatch") == order
+
+
+def test_search_config_errors():
+    with pytest.raises(ValueError, match="stride must be a positive integer"):
+        patch_search.SearchConfig(stride=0)
+    with pytest.raises(ValueError, match="autocast must be a torch dtype name.*'bf17'"):
+        patch_search.SearchConfig(autocast="bf17")
+
+
+def test_fast_klpatch_equals_the_greedy_over_subset_kl_with_stride():
+    """The cached greedy (prefix states, reused first blocks, P W targets) picks what a plain greedy over
+    subset_kl's values picks, also when only every 2nd position is scored, and the strided KL is the KL averaged over
+    those positions (a direct computation from built members)."""
+    family = make_family("llama", LayerPlan.paper(16))
+    calibration = ids(4, 9)
+    table = subset_kl(family, calibration, progress=False, stride=2).numpy()
+    chosen, expected = 0, []
+    for _ in range(family.K):
+        best = min((chosen | 1 << b for b in range(family.K) if not chosen >> b & 1), key=lambda s: table[s])
+        expected.append(family.plan.multi_layer[(best ^ chosen).bit_length() - 1])
+        chosen = best
+    assert klpatch(family, calibration, progress=False, stride=2) == Order.from_blocks(family.plan, expected, "klpatch")
+    with torch.no_grad():
+        target = torch.log_softmax(family.teacher(calibration).logits.double()[:, ::2], -1)
+        mask = 0b101
+        member = family.build(order=Order.explicit([patched_layers(family.plan, mask)], family.plan))
+        logp = torch.log_softmax(member(calibration).logits.double()[:, ::2], -1)
+    direct = (target.exp() * (target - logp)).sum(-1).mean().item()
+    assert table[mask] == pytest.approx(direct, abs=1e-6)
+
+
+def test_named_order_uses_the_familys_search_config(monkeypatch):
     family = make_family()
     calls = []
-    monkeypatch.setattr(patch_search, "default_calibration", lambda f: calls.append(f) or ids())
+    monkeypatch.setattr(patch_search.SearchConfig, "calibration", lambda self, tok: calls.append(self) or ids())
+    monkeypatch.setattr(patch_search, "teacher_tokenizer", lambda *a: None)
+    family.search_config = patch_search.SearchConfig(num_sequences=3, stride=2)
     assert family.order("klpatch") is family.order("klpatch")  # searched once, then cached
-    assert calls == [family]
+    assert calls == [family.search_config]
 
 
 def test_default_calibration_needs_a_tokenizer_directory():
