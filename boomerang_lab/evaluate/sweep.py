@@ -357,12 +357,16 @@ def _rank() -> tuple[int, int]:
 
 
 def rank_share(cells: dict) -> dict:
-    """This process's share of the sweep's cells {key: (member, task)}: every WORLD_SIZE-th from its RANK, in the
-    cells' (deterministic) order, so that the processes split them with no overlap and no gap."""
+    """This process's share of the sweep's cells {key: (member, task)}: taken task by task, every WORLD_SIZE-th
+    cell from its RANK, so that the processes split them with no overlap and no gap, each with its share of every
+    task (lm-eval tasks cost far more than perplexity)."""
     rank, world = _rank()
     if not 0 <= rank < world:
         raise ValueError(f"RANK must be in 0..WORLD_SIZE-1, got RANK={rank}, WORLD_SIZE={world}.")
-    return {key: cell for i, (key, cell) in enumerate(cells.items()) if i % world == rank}
+    tasks = list(dict.fromkeys(task for _, task in cells.values()))
+    ordered = sorted(cells, key=lambda key: tasks.index(cells[key][1]))  # stable: members keep their order
+    mine = set(ordered[rank::world])
+    return {key: cell for key, cell in cells.items() if key in mine}
 
 
 def _lm_eval_ks(K: int, sizes: int | None) -> set[int]:
