@@ -10,6 +10,9 @@ from pathlib import Path
 from .atomic import StopRun
 
 MANIFEST = "manifest.json"
+HASH_LIMIT = 4 * 2**30
+"""Files larger than this (bytes) get their size only: hashing a large checkpoint's optimizer state at every save
+would cost about as much as writing it."""
 
 
 class DamagedFile(StopRun, ValueError):
@@ -28,7 +31,10 @@ def write_manifest(folder: str | Path) -> Path:
     """Write `folder`/manifest.json: {"files": {relative path: {"size": bytes, "sha256": hex}}}, written last."""
     folder = Path(folder)
     files = {
-        p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": sha256(p)}
+        p.relative_to(folder).as_posix(): {
+            "size": p.stat().st_size,
+            "sha256": sha256(p) if p.stat().st_size <= HASH_LIMIT else None,
+        }
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }
@@ -37,9 +43,10 @@ def write_manifest(folder: str | Path) -> Path:
     return path
 
 
-def problem(folder: str | Path) -> str | None:
-    """What is wrong with `folder` by its manifest ("<file> ...: why"), or None when every file matches. A folder
-    without a manifest (written before manifests) passes."""
+def problem(folder: str | Path, hashes: bool = True) -> str | None:
+    """What is wrong with `folder` by its manifest ("<file> ...: why"), or None when every file matches: sizes
+    (a file cut short), then, with `hashes`, the sha256 (wrong bytes). A folder without a manifest (written before
+    manifests) passes."""
     folder = Path(folder)
     try:
         files = json.loads((folder / MANIFEST).read_text())["files"]
@@ -54,14 +61,14 @@ def problem(folder: str | Path) -> str | None:
         size = path.stat().st_size
         if size != expected["size"]:
             return f"{path} is damaged ({size} bytes, {expected['size']} when written)"
-    for name, expected in files.items():  # sizes first: cheap, and what a cut-short file fails
-        if sha256(folder / name) != expected["sha256"]:
+    for name, expected in files.items() if hashes else ():  # sizes first: cheap, and what a cut-short file fails
+        if expected["sha256"] is not None and sha256(folder / name) != expected["sha256"]:
             return f"{folder / name} is damaged (its sha256 differs from the one written with it)"
     return None
 
 
-def check(folder: str | Path, fix: str) -> None:
+def check(folder: str | Path, fix: str, hashes: bool = True) -> None:
     """DamagedFile naming the first damaged file of `folder` and `fix`, when its manifest says one is."""
-    found = problem(folder)
+    found = problem(folder, hashes)
     if found:
         raise DamagedFile(f"{found}; {fix}")

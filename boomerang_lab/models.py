@@ -134,7 +134,9 @@ def load_student(
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"Student directory {path} does not exist.")
-    check(path, f"delete {path} and distil it again (notebook 01, `boomerang run` or `boomerang distill`)")
+    # sizes only (a file cut short): each load hashing an 8B student would cost many seconds; reusing it in
+    # `distill`/notebook 01 checks the hashes too
+    check(path, f"delete {path} and distil it again (notebook 01, `boomerang run` or `boomerang distill`)", False)
     plan = LayerPlan.load(path)
     model, tokenizer = load_model(path, dtype=dtype, device=device)
     return model, tokenizer, plan

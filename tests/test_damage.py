@@ -73,7 +73,7 @@ def test_a_damaged_student_is_named_with_the_fix(tmp_path):
     flipped[-1] ^= 0xFF  # same size, wrong bytes
     weights.write_bytes(bytes(flipped))
     with pytest.raises(DamagedFile, match="sha256"):
-        load_student(out)
+        distil(out)
 
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, capsys):
