@@ -155,10 +155,11 @@ def _sweep(teacher, tokenizer, student, plan, cfg, random_student, distilled, te
         for task in cfg.tasks
         if task == PPL_TASK or c.k is None or c.k in lm_ks
     }
-    todo = [item for key, item in rank_share(wanted).items() if key not in done]
+    share = rank_share(wanted)  # all of it in one process
+    todo = [item for key, item in share.items() if key not in done]
     cache: dict[tuple, pd.DataFrame] = {}  # identical models (e.g. k=K and the teacher) are evaluated once
     if cfg.progress:  # plain lines too, for a terminal that shows a notebook's stream (boomerang run)
-        print(f"[sweep] {len(todo)} evaluations to run, {len(wanted) - len(todo)} already in {cfg.results}", flush=True)
+        print(f"[sweep] {len(todo)} evaluations to run, {len(share) - len(todo)} already in {cfg.results}", flush=True)
     start, every = time.perf_counter(), max(1, len(todo) // 10)
     for i, (cand, task) in enumerate(tqdm(todo, desc="sweep", disable=not cfg.progress), 1):
         if cfg.progress and (i == 1 or i % every == 0 or i == len(todo)):
@@ -191,8 +192,8 @@ def _sweep(teacher, tokenizer, student, plan, cfg, random_student, distilled, te
     if cfg.progress:
         rank, world = _rank()
         held = len(set(map(_key, mine[KEY].itertuples(index=False))))
-        share = f" (process {rank} of {world}; the table holds {held} of {len(wanted)})" if world > 1 else ""
-        print(f"{len(todo)} evaluations run, {len(wanted) - len(todo)} found in {cfg.results}{share}")
+        where = f" (process {rank} of {world}; the table holds {held} of {len(wanted)})" if world > 1 else ""
+        print(f"{len(todo)} evaluations run, {len(share) - len(todo)} found in {cfg.results}{where}")
         if len(mine):
             print(summary(mine).to_string())
     return mine
