@@ -83,14 +83,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     chosen = get_profile(args.profile, plan=_field_overrides(args, "plan"))
     teacher_name = args.teacher or chosen.teacher
-    teacher, tokenizer = load_model(teacher_name, dtype=args.dtype)
+    device = _rank_device()
+    teacher, tokenizer = load_model(teacher_name, dtype=args.dtype, device=device)
     if args.student:
-        student, _, plan = load_student(args.student, dtype=args.dtype)
+        student, _, plan = load_student(args.student, dtype=args.dtype, device=device)
     else:
         student = None  # the teacher-initialised student, shared with the teacher (no copy)
         plan = chosen.layer_plan(len(_layers(teacher)))
-    random_student = load_model(args.random_student, dtype=args.dtype)[0] if args.random_student else None
-    distilled = {Path(d).name: load_model(d, dtype=args.dtype)[0] for d in args.distilled or []}
+    random_student = (
+        load_model(args.random_student, dtype=args.dtype, device=device)[0] if args.random_student else None
+    )
+    distilled = {Path(d).name: load_model(d, dtype=args.dtype, device=device)[0] for d in args.distilled or []}
     config = SweepConfig(
         profile=args.profile,
         tasks=args.tasks,
@@ -113,6 +116,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         student_name=run_name(args.student) if args.student else None,
         random_name=run_name(args.random_student) if args.random_student else None,
     )
+
+
+def _rank_device():
+    """This process's GPU under torchrun/accelerate launch (LOCAL_RANK), or None (the CPU) without one."""
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
 
 
 def cmd_profiles(args: argparse.Namespace) -> None:
@@ -303,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
         dist.add_argument(f"--no-{term}", action="store_true", help=f"switch the {term} term off")
     _add_field_args(dist, "distill", skip=("output_dir", "use_cpu"), title="the recipe (default: the profile's)")
     _add_field_args(dist, "plan", title="the student's layers (default: the profile's)")
+    _add_wait_arg(dist)
     dist.set_defaults(func=cmd_distill)
 
     run = sub.add_parser("run", help="run the whole study (notebooks 01-07) with papermill")
@@ -328,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the executed notebooks, cleaned, over notebooks/ (default: only for the main job, "
         "the quick profile with every default)",
     )
+    _add_wait_arg(run)
     run.set_defaults(func=cmd_run)
 
     ev = sub.add_parser("evaluate", help="evaluate every size of the family and the baselines into one table")
@@ -363,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--distilled", nargs="+", help="standard-distillation student directories (method distilled)")
     ev.add_argument("--batch-size", type=int, help="lm-eval batch size (default: the profile's)")
     ev.add_argument("--results", help="results table, .csv or .parquet (default results/<profile>.csv)")
+    _add_wait_arg(ev)
     ev.set_defaults(func=cmd_evaluate)
 
     prof = sub.add_parser(
@@ -378,11 +395,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_wait_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait",
+        nargs="?",
+        const="forever",
+        metavar="SECONDS",
+        help="when another run holds a folder this one writes, wait for it (without SECONDS: without limit) "
+        "instead of stopping at once (also BOOMERANG_WAIT)",
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
+    import os
+
+    from .atomic import StopRun
+    from .locks import WAIT_ENV
+
     args = build_parser().parse_args(argv)
+    if getattr(args, "wait", None) is not None:
+        os.environ[WAIT_ENV] = args.wait  # the notebook kernels of `boomerang run` inherit it
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ModuleNotFoundError, StopRun) as err:
         sys.exit(f"boomerang {args.command}: {err}")
 
 

@@ -30,9 +30,11 @@ from transformers import (
 )
 from transformers.trainer_utils import load_sharded_checkpoint
 
+from . import manifest
 from .adapters import get_adapter, layers_of
-from .atomic import atomic_dir, atomic_write_text
+from .atomic import atomic_dir, atomic_write_text, disk_full_stops, is_disk_full, usual_permissions
 from .blockwise import LOCAL_LOSSES, local_loss, only_train, restore_grad, teacher_block_states
+from .locks import folder_lock
 from .losses import IGNORE, LossConfig, distill_loss
 from .models import resolve_dtype
 from .plan import LayerPlan
@@ -314,8 +316,17 @@ def distill(
     tokenizer, plan files, train_log.csv, distill_config.json) appears only when done; a finished directory of the
     same run is returned as it is, one of another run is an error (see `finished`). `progress` prints a few plain
     lines per stage on stdout (besides the Trainer's bar), which papermill's stream carries to a terminal.
+
+    The run holds the lock on `output_dir` (`locks.folder_lock`): a second run on it stops with a line naming this
+    one. The student and each checkpoint get a manifest (sizes, sha256); a damaged latest checkpoint falls back to
+    the one before it, and a full disk stops the run (DiskFull) with the last good checkpoint kept.
     """
     plan.check_fits(len(layers_of(teacher)), len(layers_of(student)))
+    with folder_lock(config.output_dir):
+        return _distill(teacher, student, plan, data, config, tokenizer, callbacks, progress)
+
+
+def _distill(teacher, student, plan, data, config, tokenizer, callbacks, progress) -> Path:
     if finished(config, plan):
         return Path(config.output_dir)
     if "input_ids" not in (data.column_names or ["input_ids"]):
@@ -368,13 +379,14 @@ def distill(
         logs.append(trainer.stage_log)
 
     if trainer.is_world_process_zero():
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, kept=f"the finished stages in {work} are kept") as tmp:
             student.save_pretrained(tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
             plan.save(tmp)
             (tmp / CONFIG_FILE).write_text(json.dumps(run, indent=2) + "\n")
             pd.concat(logs, ignore_index=True).to_csv(tmp / LOG_FILE, index=False)
+            manifest.write_manifest(tmp)
         shutil.rmtree(work)
     trainer.accelerator.wait_for_everyone()
     return out
@@ -459,20 +471,38 @@ def _stage(
         trainer.add_callback(TermsProgress)
     if progress:
         trainer.add_callback(PrintProgress(stage))
+    trainer.add_callback(CheckpointManifest())
 
     done = folder / "final"
+    damaged = manifest.problem(done) if (done / LOG_FILE).exists() else None
+    if damaged:
+        print(f"[distill] {stage} stage: {damaged}; resuming from its last good checkpoint instead", flush=True)
+        shutil.rmtree(done)
     if (done / LOG_FILE).exists():  # finished before an interruption: reload its weights, rerun nothing
         _load_weights(student, done)
         trainer.stage_log = pd.read_csv(done / LOG_FILE)
         if progress and trainer.is_world_process_zero():
             print(f"[distill] {stage} stage: finished earlier, loaded from {done}", flush=True)
         return trainer
-    trainer.train(resume_from_checkpoint=_last_checkpoint(folder))
+    last = _last_checkpoint(folder)
+    try:
+        trainer.train(resume_from_checkpoint=last)
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        for path in folder.glob("checkpoint-*"):  # the one being written when the disk filled up
+            if not (path / "trainer_state.json").exists() or not (path / manifest.MANIFEST).exists():
+                shutil.rmtree(path, ignore_errors=True)
+        good = _last_checkpoint(folder, quiet=True)
+        kept = f"the last good checkpoint {good} is kept" if good else f"no checkpoint of {folder} was complete yet"
+        with disk_full_stops(folder, kept=kept):
+            raise
     trainer.stage_log = log_table(trainer.state.log_history).assign(stage=stage)
     if trainer.is_world_process_zero():
-        with atomic_dir(done) as tmp:
+        with atomic_dir(done, kept=f"the checkpoints in {folder} are kept") as tmp:
             student.save_pretrained(tmp)
             trainer.stage_log.to_csv(tmp / LOG_FILE, index=False)
+            manifest.write_manifest(tmp)
     trainer.accelerator.wait_for_everyone()
     return trainer
 
@@ -509,12 +539,12 @@ def finished(config: DistillConfig, plan: LayerPlan) -> bool:
         }
         if before["plan"] != now["plan"]:
             diff["plan"] = (before["plan"], now["plan"])
-        if not diff:
-            return True
-        raise ValueError(
-            f"{out} holds a student distilled with other settings (field: (there, asked)): {diff}. "
-            f"Delete it to distil again, or choose another output_dir."
-        )
+        if diff:
+            raise ValueError(
+                f"{out} holds a student distilled with other settings (field: (there, asked)): {diff}. "
+                f"Delete it to distil again, or choose another output_dir."
+            )
+    manifest.check(out, f"delete {out} and rerun to distil it again (notebook 01: retrain = True)")
     return True
 
 
@@ -546,8 +576,9 @@ def log_table(log_history: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(LOG_COLUMNS.values()))
 
 
-def _last_checkpoint(work: Path) -> str | None:
-    """The newest checkpoint whose trainer state was written (the Trainer writes it last)."""
+def _last_checkpoint(work: Path, quiet: bool = False) -> str | None:
+    """The newest checkpoint whose trainer state was written (the Trainer writes it last) and whose files match its
+    manifest; a damaged newer one is named and passed over."""
     complete = []
     for path in work.glob("checkpoint-*"):
         try:
@@ -555,7 +586,23 @@ def _last_checkpoint(work: Path) -> str | None:
         except (OSError, ValueError):
             continue
         complete.append((int(path.name.rpartition("-")[2]), path))
-    return str(max(complete)[1]) if complete else None
+    for _, path in sorted(complete, reverse=True):
+        damaged = manifest.problem(path)
+        if not damaged:
+            return str(path)
+        if not quiet:
+            print(f"[distill] {damaged}; falling back to the checkpoint before it", flush=True)
+    return None
+
+
+class CheckpointManifest(TrainerCallback):
+    """Give each checkpoint the usual file permissions and a manifest (sizes, sha256), written once it is complete."""
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            usual_permissions(folder)
+            manifest.write_manifest(folder)
 
 
 def profile(name: str, **overrides) -> DistillConfig:

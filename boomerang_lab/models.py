@@ -128,11 +128,15 @@ def load_student(
     path: str | Path, dtype: str | torch.dtype | None = "float32", device: str | torch.device | None = None
 ):
     """A distilled student directory -> (model, tokenizer, plan)."""
+    from .manifest import check
     from .plan import LayerPlan
 
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"Student directory {path} does not exist.")
+    # sizes only (a file cut short): each load hashing an 8B student would cost many seconds; reusing it in
+    # `distill`/notebook 01 checks the hashes too
+    check(path, f"delete {path} and distil it again (notebook 01, `boomerang run` or `boomerang distill`)", False)
     plan = LayerPlan.load(path)
     model, tokenizer = load_model(path, dtype=dtype, device=device)
     return model, tokenizer, plan

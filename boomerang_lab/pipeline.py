@@ -79,6 +79,10 @@ class RunConfig:
             notebook_dir=Path(self.notebook_dir).resolve(),
         )
 
+    def written(self) -> list[Path]:
+        """What a (resolved) run writes: its output folder, the students and the results table."""
+        return [self.out, self.student, self.results] + ([self.out / "student_random"] if self.random_init else [])
+
     def parameters(self) -> dict:
         """The values the notebooks' `parameters` cells receive (each notebook gets the ones it declares)."""
         random_student = str(self.out / "student_random") if self.random_init else None
@@ -119,8 +123,11 @@ def run(config: RunConfig | str = "quick", progress: bool = True, **overrides) -
     `overrides` are RunConfig fields, e.g. run("smoke", out=tmp_path). Returns the output folder. With `publish`
     (by default only for the main job), the executed notebooks, cleaned (`boomerang_lab.publish`), then replace
     their sources, so that the committed notebooks show the main job's figures and tables.
+
+    The run holds the locks (`locks.folder_lock`) of the folders and table it writes (`written`) for its whole
+    length and passes them on to its notebook kernels; a second run on any of them stops at once, naming this one.
     """
-    import papermill
+    from .locks import folder_locks
 
     config = RunConfig(config, **overrides) if isinstance(config, str) else dataclasses.replace(config, **overrides)
     publish = config.is_main_job() if config.publish is None else config.publish
@@ -130,6 +137,14 @@ def run(config: RunConfig | str = "quick", progress: bool = True, **overrides) -
     if missing:
         raise FileNotFoundError(f"Notebooks not found: {', '.join(missing)}.")
     config.out.mkdir(parents=True, exist_ok=True)
+    with folder_locks(*config.written()):
+        _execute(config, sources, publish, progress)
+    return config.out
+
+
+def _execute(config: RunConfig, sources: list[Path], publish: bool, progress: bool) -> None:
+    import papermill
+
     parameters = config.parameters()
     for i, source in enumerate(sources, 1):
         executed = config.out / source.name
@@ -164,7 +179,6 @@ def run(config: RunConfig | str = "quick", progress: bool = True, **overrides) -
             f"Published the executed notebooks over {', '.join(s.name for s in sources)} in {config.notebook_dir}",
             flush=True,
         )
-    return config.out
 
 
 def _describe(err: Exception) -> str:

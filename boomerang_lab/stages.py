@@ -7,6 +7,7 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .locks import folder_lock
 from .plan import LayerPlan
 
 
@@ -22,8 +23,9 @@ def distill_students(
 ) -> dict[str, Path]:
     """Notebook 01's stage: distil the teacher-initialised student into `student` (and, when `random_student` is
     given, a randomly initialised one of the same shape, the random-init baseline) with the profile's recipe, on the
-    training corpus under data/corpus. A directory that holds a finished run of the same recipe is reused (one of
-    another recipe is an error) unless `retrain`. Returns {run name: student directory}."""
+    training corpus under data/corpus, each holding the directory's lock (`locks.folder_lock`). A directory that
+    holds a finished run of the same recipe is reused (one of another recipe is an error) unless `retrain`. Returns
+    {run name: student directory}."""
     from .distill import distill, finished
     from .distill import profile as distill_profile
     from .student import init_student
@@ -38,16 +40,17 @@ def distill_students(
         config = distill_profile(
             profile, output_dir=str(path), student_init="random" if random_init else "teacher", **overrides
         )
-        if retrain:
-            shutil.rmtree(path, ignore_errors=True)
-        if finished(config, plan):
-            print(f"{name}: reusing {path.name}/, distilled with this recipe (set retrain = True to distil again)")
-            continue
-        data = (
-            data
-            if data is not None
-            else packed_blocks(tokenizer, seq_len=config.seq_len, packing=getattr(config, "packing", True))
-        )
-        start = init_student(teacher_model, plan, random_init=random_init, seed=config.seed)
-        distill(teacher_model, start, plan, data, config, tokenizer)
+        with folder_lock(path):  # one writer per student directory (a second run stops, naming this one)
+            if retrain:
+                shutil.rmtree(path, ignore_errors=True)
+            if finished(config, plan):
+                print(f"{name}: reusing {path.name}/, distilled with this recipe (set retrain = True to distil again)")
+                continue
+            data = (
+                data
+                if data is not None
+                else packed_blocks(tokenizer, seq_len=config.seq_len, packing=getattr(config, "packing", True))
+            )
+            start = init_student(teacher_model, plan, random_init=random_init, seed=config.seed)
+            distill(teacher_model, start, plan, data, config, tokenizer)
     return {name: path for name, (path, _) in runs.items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from typing import Sequence
@@ -108,7 +109,7 @@ def evaluate_lm(
         )
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     try:
-        with nullcontext() if progress else _no_progress_bars():
+        with nullcontext() if progress else _no_progress_bars(), _one_process():
             out = simple_evaluate(
                 lm,
                 tasks=tasks,
@@ -123,6 +124,17 @@ def evaluate_lm(
         hint = f" Offline? Use the local copies: {', '.join(f'{t}_local' for t in stock)}." if stock else ""
         raise RuntimeError(f"lm-eval could not load its data for {tasks}: {err}.{hint}") from err
     return tidy(out["results"])
+
+
+@contextmanager
+def _one_process():
+    """lm-eval as one process even under torchrun: the sweep splits its cells across ranks itself, and lm-eval
+    returns results only where LOCAL_RANK is 0."""
+    saved = {name: os.environ.pop(name, None) for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    try:
+        yield
+    finally:
+        os.environ.update({name: value for name, value in saved.items() if value is not None})
 
 
 def tidy(results: dict[str, dict]) -> pd.DataFrame:

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import math
 import numbers
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,6 +21,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..adapters import layers_of
 from ..atomic import atomic_path
 from ..family import Family
+from ..locks import folder_lock, write_lock
+from ..manifest import DamagedFile
 from ..patch_search import calibration_set
 from ..plan import LayerPlan
 from .baselines import block_influence, naive_pruning, shortgpt, teacher_view
@@ -120,8 +123,20 @@ def sweep(
     shared rather than copied). `random_student`: a student distilled from random init (method "random_init").
     `distilled`: standard-distillation students {name or layer count: model} (method "distilled").
     `overrides` are SweepConfig fields, e.g. sweep(t, tok, s, plan, methods=("boomerang", "naive"), limit=50).
+
+    The sweep holds the results table's lock (`locks.folder_lock`; a second sweep on it stops, naming this one)
+    and appends each evaluation's rows under a short write lock, re-reading the table, so that concurrent writers
+    lose and duplicate no row. Under `torchrun`/`accelerate launch` (RANK, WORLD_SIZE) each process evaluates its
+    share of the (member, task) cells (`rank_share`) into the one table; a rerun resumes whatever any rank missed.
     """
     cfg = dataclasses.replace(config or SweepConfig(), **overrides).resolved()
+    with folder_lock(cfg.results):
+        return _sweep(
+            teacher, tokenizer, student, plan, cfg, random_student, distilled, teacher_name, student_name, random_name
+        )
+
+
+def _sweep(teacher, tokenizer, student, plan, cfg, random_student, distilled, teacher_name, student_name, random_name):
     for given, method in ((random_student, "random_init"), (distilled, "distilled")):
         if given is not None and method not in cfg.methods:
             raise ValueError(f"A {method} model was given but {method!r} is not among methods {list(cfg.methods)}.")
@@ -140,10 +155,11 @@ def sweep(
         for task in cfg.tasks
         if task == PPL_TASK or c.k is None or c.k in lm_ks
     }
-    todo = [item for key, item in wanted.items() if key not in done]
+    share = rank_share(wanted)  # all of it in one process
+    todo = [item for key, item in share.items() if key not in done]
     cache: dict[tuple, pd.DataFrame] = {}  # identical models (e.g. k=K and the teacher) are evaluated once
     if cfg.progress:  # plain lines too, for a terminal that shows a notebook's stream (boomerang run)
-        print(f"[sweep] {len(todo)} evaluations to run, {len(wanted) - len(todo)} already in {cfg.results}", flush=True)
+        print(f"[sweep] {len(todo)} evaluations to run, {len(share) - len(todo)} already in {cfg.results}", flush=True)
     start, every = time.perf_counter(), max(1, len(todo) // 10)
     for i, (cand, task) in enumerate(tqdm(todo, desc="sweep", disable=not cfg.progress), 1):
         if cfg.progress and (i == 1 or i % every == 0 or i == len(todo)):
@@ -170,11 +186,14 @@ def sweep(
             limit=_limit(task, cfg),
             timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
-        table = pd.concat([table, rows[COLUMNS]], ignore_index=True) if len(table) else rows[COLUMNS]
-        write_results(table, cfg.results)
+        append_results(rows[COLUMNS], cfg.results)
+    table = read_results(cfg.results)
     mine = table[[_key(k) in wanted for k in table[KEY].itertuples(index=False)]].reset_index(drop=True)
     if cfg.progress:
-        print(f"{len(todo)} evaluations run, {len(wanted) - len(todo)} found in {cfg.results}")
+        rank, world = _rank()
+        held = len(set(map(_key, mine[KEY].itertuples(index=False))))
+        where = f" (process {rank} of {world}; the table holds {held} of {len(wanted)})" if world > 1 else ""
+        print(f"{len(todo)} evaluations run, {len(share) - len(todo)} found in {cfg.results}{where}")
         if len(mine):
             print(summary(mine).to_string())
     return mine
@@ -279,23 +298,33 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_results(path: str | Path) -> pd.DataFrame:
-    """The results table at `path` (.csv or .parquet), or an empty one."""
+    """The results table at `path` (.csv or .parquet), or an empty one. A file that cannot be read, or whose rows
+    are incomplete (cut short), raises DamagedFile naming it and the fix."""
     path = Path(path)
     if not path.exists():
         return pd.DataFrame(columns=COLUMNS)
-    table = (
-        pd.read_parquet(path)
-        if path.suffix == ".parquet"
-        else pd.read_csv(
-            path,
-            dtype=_TEXT,
-            keep_default_na=False,
-            na_values={"k": [""], "limit": [""], "stderr": [""], "value": [""]},
+    fix = "restore it (git checkout, a backup) or move it away to evaluate again into a new table"
+    try:
+        table = (
+            pd.read_parquet(path)
+            if path.suffix == ".parquet"
+            else pd.read_csv(
+                path,
+                dtype=_TEXT,
+                keep_default_na=False,
+                na_values={"k": [""], "limit": [""], "stderr": [""], "value": [""]},
+            )
         )
-    )
+    except Exception as err:  # pandas/pyarrow raise many kinds for bad bytes
+        raise DamagedFile(f"{path} is damaged ({type(err).__name__}: {str(err).splitlines()[0][:120]}); {fix}") from err
     missing = set(COLUMNS) - set(table.columns)
     if missing:
         raise ValueError(f"{path} is not a sweep results table: it lacks the columns {sorted(missing)}.")
+    cut = table[["teacher", "method", "task", "metric", "timestamp"]].isna() | (table[["timestamp"]] == "")
+    if cut.any(axis=None):
+        raise DamagedFile(
+            f"{path} is damaged (row {int(cut.any(axis=1).to_numpy().argmax()) + 1} is incomplete); {fix}"
+        )
     return table
 
 
@@ -306,6 +335,39 @@ def write_results(table: pd.DataFrame, path: str | Path) -> None:
             table.to_parquet(tmp, index=False)
         else:
             table.to_csv(tmp, index=False)
+
+
+def append_results(rows: pd.DataFrame, path: str | Path) -> pd.DataFrame:
+    """Add `rows` to the table at `path` under its write lock, re-reading it first, so that processes appending at
+    once lose no row; a row whose key (KEY, metric) is already there is not added again. Returns the table."""
+    with write_lock(path):
+        table = read_results(path)
+        if len(table):
+            there = set(map(_key, table[KEY + ["metric"]].itertuples(index=False)))
+            rows = rows[[_key(k) not in there for k in rows[KEY + ["metric"]].itertuples(index=False)]]
+            table = pd.concat([table, rows], ignore_index=True) if len(rows) else table
+        else:
+            table = rows
+        write_results(table, path)
+    return table
+
+
+def _rank() -> tuple[int, int]:
+    """This process's rank and the number of processes (torchrun/accelerate launch set RANK and WORLD_SIZE)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank_share(cells: dict) -> dict:
+    """This process's share of the sweep's cells {key: (member, task)}: taken task by task, every WORLD_SIZE-th
+    cell from its RANK, so that the processes split them with no overlap and no gap, each with its share of every
+    task (lm-eval tasks cost far more than perplexity)."""
+    rank, world = _rank()
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK must be in 0..WORLD_SIZE-1, got RANK={rank}, WORLD_SIZE={world}.")
+    tasks = list(dict.fromkeys(task for _, task in cells.values()))
+    ordered = sorted(cells, key=lambda key: tasks.index(cells[key][1]))  # stable: members keep their order
+    mine = set(ordered[rank::world])
+    return {key: cell for key, cell in cells.items() if key in mine}
 
 
 def _lm_eval_ks(K: int, sizes: int | None) -> set[int]:
