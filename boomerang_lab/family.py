@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Callable, Sequence
 
 import pandas as pd
+import torch
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -50,6 +52,9 @@ class Family:
     """Every size between `student` (k=0) and `teacher` (k=K); members share the two models' modules.
 
     A student of another class with a known bridge (DistilBERT under BERT) is kept as its view in the teacher's class.
+    Every student parameter equal to its teacher counterpart (frozen or untrained embeddings and head, an untouched
+    layer) is replaced, in the student, by the teacher's tensor (`share_equal_tensors`; `self.shared` names them), so
+    that a member holds, counts and reports each weight once, also for a student that was saved and loaded.
     """
 
     def __init__(self, teacher: PreTrainedModel, student: PreTrainedModel, plan: LayerPlan):
@@ -65,6 +70,7 @@ class Family:
             raise ValueError(f"Interpolation needs matching widths: teacher hidden size {width_t}, student {width_s}.")
         plan.check_fits(len(layers_of(teacher)), len(layers_of(student)))
         self.teacher, self.student, self.plan = teacher, student, plan
+        self.shared = share_equal_tensors(teacher, student, plan)
         self._orders: dict[str, Order] = {}
         self._members: dict[tuple, PreTrainedModel] = {}
         self.speed_cache = SpeedCache()  # ms/token per member; set SpeedCache(path) to keep it in a file
@@ -212,6 +218,40 @@ class Family:
             info = {**member.boomerang, "plan": self.plan.to_dict()}
             (tmp / "boomerang_member.json").write_text(json.dumps(info, indent=2) + "\n")
         return path
+
+
+def share_equal_tensors(teacher: PreTrainedModel, student: PreTrainedModel, plan: LayerPlan) -> list[str]:
+    """Make each student parameter that equals its teacher counterpart (same values, shape, dtype and device) the
+    teacher's tensor, in place; returns the student parameter names now shared.
+
+    The counterpart of student layer j's parameter is teacher layer `plan.kept[j]`'s; every other parameter
+    (embeddings, final norm, head) is the teacher's of the same name. A student whose embeddings and head were frozen
+    in distillation equals the teacher there, but a saved and loaded student holds them as a second copy: without
+    this, a member would count them twice and use twice their memory. Tied parameters stay tied (every name of a
+    tied tensor is replaced). Training the student after this would also train the teacher's shared tensors.
+    """
+    layers = get_adapter(teacher).layers
+    pattern = re.compile(rf"^{re.escape(layers)}\.(\d+)\.")
+    kept = plan.kept
+    ours = dict(teacher.named_parameters(remove_duplicate=False))
+    shared = []
+    for name, param in list(student.named_parameters(remove_duplicate=False)):
+        match = pattern.match(name)
+        if match and int(match.group(1)) >= len(kept):
+            continue
+        source = pattern.sub(f"{layers}.{kept[int(match.group(1))]}.", name) if match else name
+        theirs = ours.get(source)
+        if theirs is None or theirs is param:
+            continue
+        if (theirs.shape, theirs.dtype, theirs.device) != (param.shape, param.dtype, param.device):
+            continue
+        with torch.no_grad():
+            if not torch.equal(theirs, param):
+                continue
+        parent, _, leaf = name.rpartition(".")
+        setattr(student.get_submodule(parent), leaf, theirs)
+        shared.append(name)
+    return shared
 
 
 def layer_view(model: PreTrainedModel, layers: Sequence[int]) -> PreTrainedModel:
