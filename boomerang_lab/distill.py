@@ -10,7 +10,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -147,14 +147,6 @@ class DistillConfig:
             raise ValueError(f"local_loss must be one of {', '.join(LOCAL_LOSSES)}, got {self.local_loss!r}.")
         if self.local_lr <= 0:
             raise ValueError(f"local_lr must be positive, got {self.local_lr}.")
-
-
-def __getattr__(name: str):
-    if name == "PROFILES":  # the recipes of boomerang_lab.profiles.PROFILES (that module imports this one)
-        from .profiles import PROFILES
-
-        return {key: replace(p.distill) for key, p in PROFILES.items()}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _TeacherTrainer(Trainer):
