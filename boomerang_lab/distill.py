@@ -19,6 +19,7 @@ import torch
 from accelerate.utils import compile_regions
 from datasets import Dataset, IterableDataset
 from safetensors.torch import load_file
+from tqdm.std import tqdm as plain_tqdm
 from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -29,6 +30,7 @@ from transformers import (
     default_data_collator,
 )
 from transformers.trainer_utils import load_sharded_checkpoint
+from transformers.utils.notebook import NotebookProgressCallback
 
 from .adapters import get_adapter, layers_of
 from .atomic import atomic_dir, atomic_write_text
@@ -244,7 +246,13 @@ class LocalTrainer(_TeacherTrainer):
 
 
 class TermsProgress(ProgressCallback):
-    """The Trainer's progress bar, showing the latest loss terms instead of printing a line per step."""
+    """The Trainer's progress bar, showing the latest loss terms instead of printing a line per step. A plain tqdm
+    bar on stderr also in a notebook, where the Trainer would otherwise print an HTML table per logged step."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.training_bar = plain_tqdm(total=state.max_steps, dynamic_ncols=True)
+        self.current_step = 0
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if "loss" not in logs:
@@ -448,6 +456,7 @@ def _stage(
         )
     if not args.disable_tqdm:
         trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(NotebookProgressCallback)
         trainer.add_callback(TermsProgress)
     if progress:
         trainer.add_callback(PrintProgress(stage))
