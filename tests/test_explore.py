@@ -1,5 +1,6 @@
 import html
 import itertools
+import math
 
 import pandas as pd
 import pytest
@@ -172,6 +173,18 @@ def test_for_budget_takes_a_speed_budget_measured_once_per_size(setup, fake_spee
         family.for_budget(max_ms_per_token=1)
     with pytest.raises(ValueError, match="Give max_params, max_bytes and/or max_ms_per_token"):
         family.for_budget()
+
+
+def test_a_speed_budget_bisects_the_sizes_instead_of_timing_each(setup, fake_speed):
+    family, _, _ = setup
+    sizes = family.sizes("last")
+    for budget in (5.5, 6.5, 7.5, 100):
+        fake_speed.clear()
+        family.speed_cache = SpeedCache()
+        member = family.for_budget(max_ms_per_token=budget)
+        fast = sizes[sizes.layers <= budget]  # the fake: 1 ms per layer
+        assert member.boomerang["k"] == fast.loc[fast.params.idxmax(), "k"]  # the largest by parameters
+        assert len(fake_speed) <= math.ceil(math.log2(len(sizes))) + 1
 
 
 def test_ms_per_token_times_greedy_generation_with_an_injected_timer(setup):
