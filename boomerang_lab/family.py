@@ -166,13 +166,16 @@ class Family:
     def ms_per_token(self, k: int, order: OrderLike = "last", **measure) -> float:
         """Member k's greedy generation speed on this machine in ms per token (`speed.ms_per_token`), measured once
         and then read from `self.speed_cache`; `measure` is passed on (new_tokens, timer, repeats)."""
-        member = self.build(k, order)
-        key = self.speed_cache.key(member, member.boomerang["patched"], measure.get("new_tokens", NEW_TOKENS))
+        key = self._speed_key(k, order, measure)
         value = self.speed_cache.get(key)
         if value is None:
-            value = ms_per_token(member, **measure)
+            value = ms_per_token(self.build(k, order), **measure)
             self.speed_cache.put(key, value)
         return value
+
+    def _speed_key(self, k: int, order: OrderLike, measure: dict):
+        member = self.build(k, order)
+        return self.speed_cache.key(member, member.boomerang["patched"], measure.get("new_tokens", NEW_TOKENS))
 
     def for_budget(
         self,
@@ -183,9 +186,10 @@ class Family:
         **measure,
     ) -> PreTrainedModel:
         """The largest member (by parameters) within the given budget. A speed budget bisects the members that fit
-        the other budgets, ordered by size: time per token grows with size (it follows depth), so about log2(n) + 1
-        of n members are measured (each once, see `ms_per_token`) to find the largest that generates at
-        `max_ms_per_token` or faster."""
+        the other budgets, ordered by depth, after probing the deepest: time per token grows with size (it follows
+        depth), so at most about log2(n) + 2 of n members are measured (each once, see `ms_per_token`; sizes already
+        timed bound the search and are not timed again) to find the largest that generates at `max_ms_per_token` or
+        faster."""
         if max_params is None and max_bytes is None and max_ms_per_token is None:
             raise ValueError("Give max_params, max_bytes and/or max_ms_per_token.")
         table = self.sizes(order)
@@ -198,22 +202,31 @@ class Family:
             )
         if max_ms_per_token is None:
             return self.build(int(fits.loc[fits.params.idxmax(), "k"]), order)
-        ranked = [int(k) for k in fits.sort_values(["params", "k"]).k]  # smallest first
-
-        def fast_enough(i: int) -> bool:
-            return self.ms_per_token(ranked[i], order, **measure) <= max_ms_per_token
-
-        if not fast_enough(0):
+        ranked = [
+            int(k) for k in fits.sort_values(["layers", "params", "k"]).k
+        ]  # speed follows depth: shallowest first
+        known = {
+            i: v
+            for i, k in enumerate(ranked)
+            if (v := self.speed_cache.get(self._speed_key(k, order, measure))) is not None
+        }
+        fast = [i for i, v in known.items() if v <= max_ms_per_token]
+        if not fast and self.ms_per_token(ranked[0], order, **measure) > max_ms_per_token:
             raise ValueError(
                 f"No member generates at {max_ms_per_token} ms/token or faster on this machine (with "
-                f"max_params={max_params}, max_bytes={max_bytes}); the smallest took "
+                f"max_params={max_params}, max_bytes={max_bytes}); the shallowest took "
                 f"{self.ms_per_token(ranked[0], order, **measure):.3g} ms/token."
             )
-        low, high = 0, len(ranked) - 1  # ranked[low] is fast enough; the answer is in [low, high]
+        low = max(fast, default=0)  # fast enough; the answer is in [low, high], bounded by what is already timed
+        high = min([i for i, v in known.items() if v > max_ms_per_token and i > low], default=len(ranked)) - 1
+        first = True  # probe the largest candidate first: a budget near the top costs one timing
         while low < high:
-            middle = (low + high + 1) // 2
-            low, high = (middle, high) if fast_enough(middle) else (low, middle - 1)
-        return self.build(ranked[low], order)
+            middle = high if first else (low + high + 1) // 2
+            first = False
+            fits_speed = self.ms_per_token(ranked[middle], order, **measure) <= max_ms_per_token
+            low, high = (middle, high) if fits_speed else (low, middle - 1)
+        fast_enough = fits[fits.k.isin(ranked[: low + 1])]
+        return self.build(int(fast_enough.loc[fast_enough.params.idxmax(), "k"]), order)
 
     def export(self, k: int, path: str | Path, order: OrderLike = "last", tokenizer=None) -> Path:
         """A standalone Hugging Face model directory for member k (written atomically)."""

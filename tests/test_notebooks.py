@@ -17,7 +17,7 @@ from boomerang_lab.pipeline import NOTEBOOK_DIR, PIPELINE, PipelineError, RunCon
 from boomerang_lab.publish import WIDGET_NOTE, problems, publish
 
 NOTEBOOKS = sorted(p.stem for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
-FIGURES = ("size_curves", "perplexity_vs_size", "loss_curves", "alignment", "07_orders")
+FIGURES = ("size_curves", "perplexity_vs_size", "loss_curves", "alignment", "07_orders", "07_orders_run")
 PIPELINE_INPUTS = {
     "01_distill": {"profile", "teacher", "student", "random_student"},
     "02_interpolate": {"profile", "orders", "teacher", "student"},
