@@ -35,7 +35,7 @@ KNOBS = {
     "04_figures": set(),
     "05_explore": {"device"},
     "06_alignment": {"device", "num_sequences", "seq_len"},
-    "07_orders": {"study", "device"},
+    "07_orders": {"study", "device", "compare"},
 }
 """The notebook's own settings, which the pipeline leaves at their defaults."""
 
