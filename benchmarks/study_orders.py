@@ -41,11 +41,12 @@ from boomerang_lab.atomic import atomic_write_text
 from boomerang_lab.curves import order_curves
 from boomerang_lab.distill import LOG_FILE, distill, finished
 from boomerang_lab.distill import profile as distill_profile
-from boomerang_lab.evaluate import EVAL_PROFILES, PerplexityConfig, perplexity, wikitext_text
+from boomerang_lab.evaluate import PerplexityConfig, perplexity, wikitext_text
 from boomerang_lab.losses import LossConfig
 from boomerang_lab.models import cache_dir, load_student
 from boomerang_lab.patch_search import calibration_set, objective, order_kl, search
 from boomerang_lab.plots import save_figure
+from boomerang_lab.profiles import PROFILES
 from boomerang_lab.text_data import packed_blocks
 
 ORDERS = ("last", "first", "klpatch", "optimal")
@@ -75,14 +76,14 @@ class Settings:
 
     calib_sequences: int = 64
     calib_len: int = 64
-    ppl: PerplexityConfig = EVAL_PROFILES["quick"].ppl
+    ppl: PerplexityConfig = PROFILES["quick"].evaluate.ppl
 
 
 SETTINGS = {
-    "smoke": Settings(calib_sequences=8, calib_len=32, ppl=EVAL_PROFILES["smoke"].ppl),
+    "smoke": Settings(calib_sequences=8, calib_len=32, ppl=PROFILES["smoke"].evaluate.ppl),
     "quick": Settings(),
-    "paper": Settings(calib_len=256, ppl=EVAL_PROFILES["paper"].ppl),
-    "kit": Settings(calib_len=256, ppl=EVAL_PROFILES["kit"].ppl),
+    "paper": Settings(calib_len=256, ppl=PROFILES["paper"].evaluate.ppl),
+    "kit": Settings(calib_len=256, ppl=PROFILES["kit"].evaluate.ppl),
 }
 """quick: 64 x 64 calibration tokens keep the optimal search (2^K heads over them) to well under a minute on one GPU."""
 

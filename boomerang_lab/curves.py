@@ -70,6 +70,14 @@ def _integral(x: np.ndarray, f: np.ndarray, linear: np.ndarray | None = None) ->
     return float((segment * dx).sum())
 
 
+def reference_line(size: Sequence[float], value: Sequence[float], points: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """The straight student–teacher line that `curve_quality`'s area is measured against, as points to draw: linear
+    in the metric itself between the two ends (size[0], value[0]) and (size[-1], value[-1]). On a log axis it is a
+    curve, not the straight segment between the two end points."""
+    x = np.linspace(size[0], size[-1], points)
+    return x, value[0] + (value[-1] - value[0]) * (x - size[0]) / (size[-1] - size[0])
+
+
 def order_curves(
     table: pd.DataFrame,
     metrics: Sequence[str] = ("ppl",),
@@ -78,7 +86,8 @@ def order_curves(
     x: str = "params",
 ):
     """A grid of each metric against size `x` (log y where positive): one row per metric, one column per `panel`
-    value, one line per `by` value, and the straight student–teacher line that curve_quality measures against."""
+    value, one line per `by` value, and the straight student–teacher line that curve_quality measures against
+    (`reference_line`: linear in the metric, so curved on a log axis)."""
     panels = list(dict.fromkeys(table[panel])) if panel else [None]
     lines = list(dict.fromkeys(table[by]))
     colors = dict(zip(lines, sns.color_palette("tab10", len(lines))))
@@ -101,8 +110,9 @@ def order_curves(
                     color=colors[name],
                     label=name,
                 )
-            ends = rows.sort_values("k").groupby(by, sort=False).nth([0, -1]).drop_duplicates(x)
-            ax.plot(ends[x] / scale, ends[metric], ls="--", lw=1, color="gray", zorder=0, label="straight line")
+            ends = rows.sort_values("k").groupby(by, sort=False).nth([0, -1]).drop_duplicates(x).sort_values(x)
+            line_x, line_y = reference_line(ends[x].to_numpy(float), ends[metric].to_numpy(float))
+            ax.plot(line_x / scale, line_y, ls="--", lw=1, color="gray", zorder=0, label="straight line")
             positive = (rows[metric] > 0).all()
             ax.set(
                 yscale="log" if positive else "linear",

@@ -10,7 +10,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -19,6 +19,7 @@ import torch
 from accelerate.utils import compile_regions
 from datasets import Dataset, IterableDataset
 from safetensors.torch import load_file
+from tqdm.std import tqdm as plain_tqdm
 from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -29,6 +30,7 @@ from transformers import (
     default_data_collator,
 )
 from transformers.trainer_utils import load_sharded_checkpoint
+from transformers.utils.notebook import NotebookProgressCallback
 
 from . import manifest
 from .adapters import get_adapter, layers_of
@@ -151,14 +153,6 @@ class DistillConfig:
             raise ValueError(f"local_lr must be positive, got {self.local_lr}.")
 
 
-def __getattr__(name: str):
-    if name == "PROFILES":  # the recipes of boomerang_lab.profiles.PROFILES (that module imports this one)
-        from .profiles import PROFILES
-
-        return {key: replace(p.distill) for key, p in PROFILES.items()}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 class _TeacherTrainer(Trainer):
     """A Trainer holding a frozen teacher, logging the loss terms its objective reports."""
 
@@ -254,7 +248,13 @@ class LocalTrainer(_TeacherTrainer):
 
 
 class TermsProgress(ProgressCallback):
-    """The Trainer's progress bar, showing the latest loss terms instead of printing a line per step."""
+    """The Trainer's progress bar, showing the latest loss terms instead of printing a line per step. A plain tqdm
+    bar on stderr also in a notebook, where the Trainer would otherwise print an HTML table per logged step."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.training_bar = plain_tqdm(total=state.max_steps, dynamic_ncols=True)
+        self.current_step = 0
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if "loss" not in logs:
@@ -468,6 +468,7 @@ def _stage(
         )
     if not args.disable_tqdm:
         trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(NotebookProgressCallback)
         trainer.add_callback(TermsProgress)
     if progress:
         trainer.add_callback(PrintProgress(stage))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Callable, Sequence
 
 import pandas as pd
+import torch
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -50,6 +52,9 @@ class Family:
     """Every size between `student` (k=0) and `teacher` (k=K); members share the two models' modules.
 
     A student of another class with a known bridge (DistilBERT under BERT) is kept as its view in the teacher's class.
+    Every student parameter equal to its teacher counterpart (frozen or untrained embeddings and head, an untouched
+    layer) is replaced, in the student, by the teacher's tensor (`share_equal_tensors`; `self.shared` names them), so
+    that a member holds, counts and reports each weight once, also for a student that was saved and loaded.
     """
 
     def __init__(self, teacher: PreTrainedModel, student: PreTrainedModel, plan: LayerPlan):
@@ -65,6 +70,7 @@ class Family:
             raise ValueError(f"Interpolation needs matching widths: teacher hidden size {width_t}, student {width_s}.")
         plan.check_fits(len(layers_of(teacher)), len(layers_of(student)))
         self.teacher, self.student, self.plan = teacher, student, plan
+        self.shared = share_equal_tensors(teacher, student, plan)
         self._orders: dict[str, Order] = {}
         self._members: dict[tuple, PreTrainedModel] = {}
         self.speed_cache = SpeedCache()  # ms/token per member; set SpeedCache(path) to keep it in a file
@@ -160,13 +166,16 @@ class Family:
     def ms_per_token(self, k: int, order: OrderLike = "last", **measure) -> float:
         """Member k's greedy generation speed on this machine in ms per token (`speed.ms_per_token`), measured once
         and then read from `self.speed_cache`; `measure` is passed on (new_tokens, timer, repeats)."""
-        member = self.build(k, order)
-        key = self.speed_cache.key(member, member.boomerang["patched"], measure.get("new_tokens", NEW_TOKENS))
+        key = self._speed_key(k, order, measure)
         value = self.speed_cache.get(key)
         if value is None:
-            value = ms_per_token(member, **measure)
+            value = ms_per_token(self.build(k, order), **measure)
             self.speed_cache.put(key, value)
         return value
+
+    def _speed_key(self, k: int, order: OrderLike, measure: dict):
+        member = self.build(k, order)
+        return self.speed_cache.key(member, member.boomerang["patched"], measure.get("new_tokens", NEW_TOKENS))
 
     def for_budget(
         self,
@@ -176,8 +185,11 @@ class Family:
         max_ms_per_token: float | None = None,
         **measure,
     ) -> PreTrainedModel:
-        """The largest member (by parameters) within the given budget. A speed budget measures members from the
-        largest down (each once, see `ms_per_token`) until one generates at `max_ms_per_token` or faster."""
+        """The largest member (by parameters) within the given budget. A speed budget bisects the members that fit
+        the other budgets, ordered by depth, after probing the deepest: time per token grows with size (it follows
+        depth), so at most about log2(n) + 2 of n members are measured (each once, see `ms_per_token`; sizes already
+        timed bound the search and are not timed again) to find the largest that generates at `max_ms_per_token` or
+        faster."""
         if max_params is None and max_bytes is None and max_ms_per_token is None:
             raise ValueError("Give max_params, max_bytes and/or max_ms_per_token.")
         table = self.sizes(order)
@@ -190,16 +202,31 @@ class Family:
             )
         if max_ms_per_token is None:
             return self.build(int(fits.loc[fits.params.idxmax(), "k"]), order)
-        speeds = {}
-        for k in fits.sort_values(["params", "k"], ascending=False).k:
-            speeds[int(k)] = self.ms_per_token(int(k), order, **measure)
-            if speeds[int(k)] <= max_ms_per_token:
-                return self.build(int(k), order)
-        raise ValueError(
-            f"No member generates at {max_ms_per_token} ms/token or faster on this machine (with "
-            f"max_params={max_params}, max_bytes={max_bytes}); the fastest took "
-            f"{min(speeds.values()):.3g} ms/token."
-        )
+        ranked = [
+            int(k) for k in fits.sort_values(["layers", "params", "k"]).k
+        ]  # speed follows depth: shallowest first
+        known = {
+            i: v
+            for i, k in enumerate(ranked)
+            if (v := self.speed_cache.get(self._speed_key(k, order, measure))) is not None
+        }
+        fast = [i for i, v in known.items() if v <= max_ms_per_token]
+        if not fast and self.ms_per_token(ranked[0], order, **measure) > max_ms_per_token:
+            raise ValueError(
+                f"No member generates at {max_ms_per_token} ms/token or faster on this machine (with "
+                f"max_params={max_params}, max_bytes={max_bytes}); the shallowest took "
+                f"{self.ms_per_token(ranked[0], order, **measure):.3g} ms/token."
+            )
+        low = max(fast, default=0)  # fast enough; the answer is in [low, high], bounded by what is already timed
+        high = min([i for i, v in known.items() if v > max_ms_per_token and i > low], default=len(ranked)) - 1
+        first = True  # probe the largest candidate first: a budget near the top costs one timing
+        while low < high:
+            middle = high if first else (low + high + 1) // 2
+            first = False
+            fits_speed = self.ms_per_token(ranked[middle], order, **measure) <= max_ms_per_token
+            low, high = (middle, high) if fits_speed else (low, middle - 1)
+        fast_enough = fits[fits.k.isin(ranked[: low + 1])]
+        return self.build(int(fast_enough.loc[fast_enough.params.idxmax(), "k"]), order)
 
     def export(self, k: int, path: str | Path, order: OrderLike = "last", tokenizer=None) -> Path:
         """A standalone Hugging Face model directory for member k (written atomically)."""
@@ -212,6 +239,40 @@ class Family:
             info = {**member.boomerang, "plan": self.plan.to_dict()}
             (tmp / "boomerang_member.json").write_text(json.dumps(info, indent=2) + "\n")
         return path
+
+
+def share_equal_tensors(teacher: PreTrainedModel, student: PreTrainedModel, plan: LayerPlan) -> list[str]:
+    """Make each student parameter that equals its teacher counterpart (same values, shape, dtype and device) the
+    teacher's tensor, in place; returns the student parameter names now shared.
+
+    The counterpart of student layer j's parameter is teacher layer `plan.kept[j]`'s; every other parameter
+    (embeddings, final norm, head) is the teacher's of the same name. A student whose embeddings and head were frozen
+    in distillation equals the teacher there, but a saved and loaded student holds them as a second copy: without
+    this, a member would count them twice and use twice their memory. Tied parameters stay tied (every name of a
+    tied tensor is replaced). Training the student after this would also train the teacher's shared tensors.
+    """
+    layers = get_adapter(teacher).layers
+    pattern = re.compile(rf"^{re.escape(layers)}\.(\d+)\.")
+    kept = plan.kept
+    ours = dict(teacher.named_parameters(remove_duplicate=False))
+    shared = []
+    for name, param in list(student.named_parameters(remove_duplicate=False)):
+        match = pattern.match(name)
+        if match and int(match.group(1)) >= len(kept):
+            continue
+        source = pattern.sub(f"{layers}.{kept[int(match.group(1))]}.", name) if match else name
+        theirs = ours.get(source)
+        if theirs is None or theirs is param:
+            continue
+        if (theirs.shape, theirs.dtype, theirs.device) != (param.shape, param.dtype, param.device):
+            continue
+        with torch.no_grad():
+            if not torch.equal(theirs, param):
+                continue
+        parent, _, leaf = name.rpartition(".")
+        setattr(student.get_submodule(parent), leaf, theirs)
+        shared.append(name)
+    return shared
 
 
 def layer_view(model: PreTrainedModel, layers: Sequence[int]) -> PreTrainedModel:

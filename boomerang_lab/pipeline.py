@@ -13,14 +13,6 @@ NOTEBOOK_DIR = ROOT / "notebooks"
 PIPELINE = ("01_distill", "02_interpolate", "03_evaluate", "04_figures", "05_explore", "06_alignment", "07_orders")
 
 
-def __getattr__(name: str):
-    if name == "PROFILES":  # the pipeline part of every profile in boomerang_lab.profiles
-        from .profiles import PROFILES
-
-        return {key: profile.pipeline for key, profile in PROFILES.items()}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 class PipelineError(RuntimeError):
     """A notebook of the pipeline failed; the message names it and its executed copy."""
 

@@ -27,7 +27,7 @@ import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path, PurePath
-from typing import Any, Literal, Union
+from typing import Any, Literal, Sequence, Union
 
 import pandas as pd
 
@@ -551,3 +551,12 @@ def fields_help() -> str:
     rows = field_rows()
     width = max(len(path) for path, _, _ in rows)
     return "\n".join(f"  {path:<{width}}  {h}" for path, _, h in rows)
+
+
+def main_order(profile: str, orders: Sequence[str] | None = None) -> str:
+    """The order a run's notebooks show: the first of `orders` (what the run evaluates), else of the profile's
+    pipeline orders (`profile.pipeline.orders[0]`, the main job's default)."""
+    chosen = list(orders or get(profile).pipeline.orders)
+    if not chosen:
+        raise ValueError(f"Profile {profile!r} evaluates no order; give orders, e.g. ['last'].")
+    return chosen[0]

@@ -16,7 +16,6 @@ from boomerang_lab.adapters import get_adapter, layers_of, set_num_layers
 from boomerang_lab.cli import main
 from boomerang_lab.distill import CONFIG_FILE, profile, run_name
 from boomerang_lab.evaluate import (
-    EVAL_PROFILES,
     LOCAL_TASKS,
     PPL_TASK,
     PerplexityConfig,
@@ -374,9 +373,12 @@ def test_interrupted_sweep_resumes_without_duplicates(smol, smol_family, tmp_pat
 
 
 def test_profiles_name_known_tasks():
-    for name, settings in EVAL_PROFILES.items():
-        assert set(settings.tasks) <= set(LOCAL_TASKS) | {PPL_TASK}, name
-    assert EVAL_PROFILES["paper"].limit is None and set(EVAL_PROFILES["paper"].tasks) == set(LOCAL_TASKS) | {PPL_TASK}
+    from boomerang_lab.profiles import PROFILES
+
+    for name, settings in PROFILES.items():
+        assert set(settings.evaluate.tasks) <= set(LOCAL_TASKS) | {PPL_TASK}, name
+    paper = PROFILES["paper"].evaluate
+    assert paper.limit is None and set(paper.tasks) == set(LOCAL_TASKS) | {PPL_TASK}
 
 
 def test_cli_evaluate_appends_to_the_table(tmp_path, capsys):

@@ -10,7 +10,7 @@ from boomerang_lab import family as family_module
 from boomerang_lab.adapters import layers_of
 from boomerang_lab.explore import explore
 from boomerang_lab.speed import SpeedCache, ms_per_token
-from tiny import perturb
+from tiny import perturb, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +172,26 @@ def test_for_budget_takes_a_speed_budget_measured_once_per_size(setup, fake_spee
         family.for_budget(max_ms_per_token=1)
     with pytest.raises(ValueError, match="Give max_params, max_bytes and/or max_ms_per_token"):
         family.for_budget()
+
+
+def test_a_speed_budget_bisects_the_sizes_instead_of_timing_each(fake_speed):
+    """15 sizes (a 30-layer teacher): a budget takes about log2(15) + 2 timings, not one per size from the largest
+    down; with the sizes the explorer showed already timed, one just below the teacher takes one."""
+    teacher = tiny_model("llama", 30)
+    plan = LayerPlan.paper(30)
+    family = Family(teacher, perturb(init_student(teacher, plan)), plan)
+    sizes = family.sizes("last")
+    for budget, timed, most in ((18.5, (), 6), (29.5, (), 6), (20.5, (), 6), (29.5, (0, 7, 14), 1)):
+        family.speed_cache = SpeedCache()
+        for k in timed:  # what the explorer already showed
+            family.ms_per_token(k)
+        fake_speed.clear()
+        member = family.for_budget(max_ms_per_token=budget)
+        fast = sizes[sizes.layers <= budget]  # the fake: 1 ms per layer
+        assert member.boomerang["k"] == fast.loc[fast.params.idxmax(), "k"]  # the largest by parameters
+        assert len(fake_speed) <= most, (budget, fake_speed)
+    fake_speed.clear()
+    assert family.for_budget(max_ms_per_token=29.5) is member and fake_speed == []
 
 
 def test_ms_per_token_times_greedy_generation_with_an_injected_timer(setup):

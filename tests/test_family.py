@@ -166,6 +166,46 @@ def test_sizes_count_shared_and_tied_tensors_once(arch):
     assert (table.bytes == table.params * 4).all()
 
 
+def _perturb_layers(model, seed: int = 1):
+    """Stand-in for a distillation with frozen embeddings and head: only the decoder layers move."""
+    perturb(nn.ModuleList(layers_of(model)), seed=seed)
+    return model
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_frozen_embeddings_are_the_teachers_tensors_after_save_and_load(arch, tmp_path):
+    """A student trained with frozen embeddings and head, saved and loaded, holds them as a second copy; the family
+    makes them the teacher's, so that member sizes grow with layers and never exceed the teacher's."""
+    teacher = tiny_model(arch, LAYERS)
+    plan = LayerPlan.paper(LAYERS)
+    trained = _perturb_layers(init_student(teacher, plan))
+    trained.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.get_input_embeddings().weight is not teacher.get_input_embeddings().weight
+    x = tokens()
+    with torch.no_grad():
+        student_logits, teacher_logits = loaded(x).logits, teacher(x).logits
+    family = Family(teacher, loaded, plan)
+    assert loaded.get_input_embeddings().weight is teacher.get_input_embeddings().weight
+    assert loaded.get_output_embeddings().weight is teacher.get_output_embeddings().weight
+    assert not any(name.startswith(get_adapter(teacher).layers) for name in family.shared)  # trained layers stay
+    t_params = sum(p.numel() for p in teacher.parameters())
+    for order in ("last", "first"):
+        table = family.sizes(order)
+        assert table.params.is_monotonic_increasing and table.params.iloc[-1] == t_params
+        assert (table.params.diff().dropna() > 0).all() and (table.bytes == table.params * 4).all()
+        with torch.no_grad():
+            assert torch.equal(family.build(0, order)(x).logits, student_logits)
+            assert torch.equal(family.build(family.K, order)(x).logits, teacher_logits)
+    loaded_ids = {id(p) for p in loaded.parameters()} | {id(p) for p in teacher.parameters()}
+    assert all(id(p) in loaded_ids for k in range(family.K + 1) for p in family.build(k).parameters())
+
+
+def test_a_trained_student_shares_nothing():
+    family = make_family("llama")
+    assert family.shared == []
+
+
 def test_for_budget_picks_largest_fitting_member():
     family = make_family("gpt_neox")
     table = family.sizes()

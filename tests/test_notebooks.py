@@ -3,12 +3,13 @@ and every parameter is used; their outputs, when the main job published some, ar
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import nbformat
 import papermill
 import pytest
-from nbformat.v4 import new_code_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from boomerang_lab import pipeline
 from boomerang_lab.cli import main
@@ -16,15 +17,15 @@ from boomerang_lab.pipeline import NOTEBOOK_DIR, PIPELINE, PipelineError, RunCon
 from boomerang_lab.publish import WIDGET_NOTE, problems, publish
 
 NOTEBOOKS = sorted(p.stem for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
-FIGURES = ("size_curves", "perplexity_vs_size", "loss_curves", "alignment", "07_orders")
+FIGURES = ("size_curves", "perplexity_vs_size", "loss_curves", "alignment", "07_orders", "07_orders_run")
 PIPELINE_INPUTS = {
     "01_distill": {"profile", "teacher", "student", "random_student"},
-    "02_interpolate": {"teacher", "student"},
+    "02_interpolate": {"profile", "orders", "teacher", "student"},
     "03_evaluate": {"profile", "teacher", "student", "random_student", "tasks", "limit", "orders", "results"},
     "04_figures": {"student", "random_student", "results", "figures"},
-    "05_explore": {"teacher", "student", "results"},
+    "05_explore": {"profile", "orders", "teacher", "student", "results"},
     "06_alignment": {"teacher", "student", "random_student", "figures"},
-    "07_orders": {"figures"},
+    "07_orders": {"profile", "orders", "teacher", "student", "results", "figures"},
 }
 """What each pipeline notebook takes from `RunConfig.parameters()` (the names must be the pipeline's)."""
 KNOBS = {
@@ -34,7 +35,7 @@ KNOBS = {
     "04_figures": set(),
     "05_explore": {"device"},
     "06_alignment": {"device", "num_sequences", "seq_len"},
-    "07_orders": {"study"},
+    "07_orders": {"study", "device", "compare"},
 }
 """The notebook's own settings, which the pipeline leaves at their defaults."""
 
@@ -75,7 +76,12 @@ def test_one_parameters_cell_under_a_set_up_heading_and_every_parameter_used(nam
     if name in PIPELINE:
         above = [c.source for c in nb.cells[: tagged[0]] if c.cell_type == "markdown"]
         assert above and above[-1].startswith("## Set-up"), "the parameters sit under a Set-up heading"
-        assert nb.cells[-1].cell_type == "markdown" and nb.cells[-1].source.startswith("## Reading the result")
+        reading = [i for i, c in enumerate(nb.cells) if c.source.startswith("## Reading the result")]
+        assert reading and nb.cells[reading[-1]].cell_type == "markdown", "a Reading the result heading"
+        rest = nb.cells[reading[-1] + 1 :]
+        assert all(c.cell_type == "code" for c in rest) and len(rest) <= 1, (
+            "the reading: prose, or one cell rendering it"
+        )
         assert nb.cells[0].cell_type == "markdown" and len(nb.cells[0].source) > 400  # an introduction, in prose
     unused = set(_defaults(name)) - _names_used(nb)
     assert not unused, f"{name} declares parameters it never uses: {sorted(unused)}"
@@ -91,6 +97,8 @@ def test_parameters_cell_matches_what_the_pipeline_passes(name):
         default, passed = defaults[key], main_job[key]
         if key == "figures":
             assert default is None, f"{name}: by default, figures are only shown"
+        elif key == "orders":  # None: the profile's orders, which the pipeline passes resolved
+            assert default is None, f"{name}: the orders come from the profile, never hard-coded"
         elif isinstance(default, str) and default.startswith(".."):
             assert (NOTEBOOK_DIR / default).resolve() == Path(passed), (name, key)
         else:
@@ -108,6 +116,69 @@ def test_committed_notebook_is_fit_to_commit(name):
         assert name in PIPELINE, f"{name} is not run by the main job, so it carries no outputs"
         assert all(c.execution_count is not None for c in code), f"{name}: a partly executed notebook"
         assert problems(nb) == []
+
+
+# --- quoted numbers --------------------------------------------------------------------------------------------------
+QUOTED = re.compile(r"(?<![\w.,])(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+|\d+(?=\s?%))(\s?%)?(?![\w.])")
+"""A number prose quotes as a result: with decimals, with thousands separators, or a percentage. Plain integers
+("30 layers", "notebook 03", "64 windows") are structure, not results, and are not checked."""
+SHOWN = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][+-]?\d+)?")
+STRUCTURAL: dict[str, set[str]] = {}
+"""Numbers a notebook's Markdown may quote without showing them: none at present. Add {notebook: {"2.1"}} only for
+a number that describes the method rather than a result (and say why here)."""
+
+
+def _shown_numbers(nb) -> list[float]:
+    values = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            texts = [out.get("text", "")] + [v for v in out.get("data", {}).values() if isinstance(v, str)]
+            for text in texts:
+                for token in SHOWN.findall(text):
+                    try:
+                        values.append(float(token.replace(",", "")))
+                    except ValueError:
+                        continue
+    return values
+
+
+def unshown_numbers(nb, allowed: set[str] = frozenset()) -> list[str]:
+    """The numbers the notebook's Markdown cells quote that none of its outputs shows (within the quoted rounding:
+    0.51 matches a shown 0.5123; a percentage also matches a shown share, 26 % ~ 0.26, or ratio, 26 % ~ 1.26)."""
+    shown = _shown_numbers(nb)
+    missing = []
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        for number, percent in QUOTED.findall(cell.source):
+            if number in allowed:
+                continue
+            value = float(number.replace(",", ""))
+            decimals = len(number.partition(".")[2])
+            tolerance = 0.5 * 10**-decimals * (1 + 1e-9)
+            candidates = [(v, v * 100, (v - 1) * 100) if percent else (v,) for v in shown]
+            if not any(abs(c - value) <= tolerance for group in candidates for c in group):
+                missing.append(number + percent)
+    return missing
+
+
+def test_unshown_numbers_finds_a_stale_quote():
+    nb = new_notebook(cells=[new_markdown_cell("falls from 0.51 to 0.14, 1,115 against 26 % and 30 layers")])
+    cell = new_code_cell("x")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="0.5123 1115.2 1.26\n")]
+    nb.cells.append(cell)
+    assert unshown_numbers(nb) == ["0.14"]
+    assert unshown_numbers(nb, {"0.14"}) == []
+
+
+@pytest.mark.parametrize("name", PIPELINE)
+def test_committed_prose_quotes_only_numbers_its_outputs_show(name):
+    """The committed notebook's Markdown quotes no result its outputs do not show (readings are rendered from the
+    computed values, so their numbers are outputs); a notebook without outputs (not yet published) has none."""
+    nb = _read(name)
+    if not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"):
+        pytest.skip(f"{name} carries no outputs yet (the smoke run checks its prose)")
+    assert unshown_numbers(nb, STRUCTURAL.get(name, set())) == []
 
 
 # --- running them ----------------------------------------------------------------------------------------------------
@@ -131,6 +202,13 @@ def test_smoke_pipeline_executes_every_notebook_into_the_output_folder(smoke):
             assert (smoke / "figures" / f"{figure}.{fmt}").stat().st_size > 1000, (figure, fmt)
     speeds = json.loads((smoke / "student" / "speed.json").read_text())  # 05 timed members, cached by the student
     assert speeds and all(v > 0 for v in speeds.values())
+    for name in PIPELINE:
+        nb = nbformat.read(smoke / f"{name}.ipynb", as_version=4)
+        assert unshown_numbers(nb, STRUCTURAL.get(name, set())) == [], name
+        html = "".join(
+            o.get("data", {}).get("text/html", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+        )
+        assert "<progress" not in html, f"{name}: the Trainer's HTML progress table"
 
 
 def _images(nb) -> int:

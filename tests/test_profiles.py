@@ -16,10 +16,12 @@ import pytest
 import torch
 
 from boomerang_lab import distill as distill_module
+from boomerang_lab import evaluate as evaluate_module
 from boomerang_lab import pipeline, profiles
 from boomerang_lab.cli import build_parser, main
 from boomerang_lab.data import WIKITEXT_TEST, data_file
-from boomerang_lab.evaluate import EVAL_PROFILES, LOCAL_TASKS, PPL_TASK, SweepConfig
+from boomerang_lab.evaluate import LOCAL_TASKS, PPL_TASK, SweepConfig
+from boomerang_lab.evaluate import profiles as evaluate_profiles
 from boomerang_lab.family import ORDERS, Family, register_order
 from boomerang_lab.orders import Order
 from boomerang_lab.plan import LayerPlan
@@ -131,12 +133,14 @@ def test_paper_evaluation_reports_lm_evals_wikitext_beside_the_fast_perplexity()
 
 
 # --- one object, everywhere ----------------------------------------------------------------------------------------
-def test_old_profile_tables_are_views_of_the_one_object():
-    assert list(EVAL_PROFILES) == list(PROFILES) == list(distill_module.PROFILES) == list(pipeline.PROFILES)
-    for name, profile in PROFILES.items():
-        assert EVAL_PROFILES[name] == profile.evaluate
-        assert distill_module.PROFILES[name] == profile.distill
-        assert pipeline.PROFILES[name] == profile.pipeline
+def test_no_module_imports_profiles_back_through_compatibility_names():
+    """distill, pipeline and evaluate(.profiles) hold no lazy copies of the profile tables (the old import circle)."""
+    for module in (distill_module, pipeline, evaluate_module, evaluate_profiles):
+        assert not hasattr(module, "__getattr__"), module.__name__
+        assert not hasattr(module, "PROFILES") and not hasattr(module, "EVAL_PROFILES"), module.__name__
+
+
+def test_a_recipe_is_the_profiles_own():
     assert distill_module.profile("paper", max_steps=3) == profiles.get("paper", distill={"max_steps": 3}).distill
     profiles.get("quick").distill.max_steps = 1  # a copy: the registry does not change
     assert PROFILES["quick"].distill.max_steps != 1

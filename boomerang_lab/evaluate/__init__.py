@@ -8,7 +8,6 @@ from .sweep import METHODS, SweepConfig, read_results, summary, sweep
 from .tasks import LOCAL_TASKS, TASKS_DIR
 
 __all__ = [
-    "EVAL_PROFILES",
     "LOCAL_TASKS",
     "METHODS",
     "PPL_TASK",
@@ -27,11 +26,3 @@ __all__ = [
     "teacher_view",
     "wikitext_text",
 ]
-
-
-def __getattr__(name: str):
-    if name == "EVAL_PROFILES":  # the evaluation part of every profile in boomerang_lab.profiles, computed on use
-        from . import profiles
-
-        return profiles.EVAL_PROFILES
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """A profile's evaluation settings: which tasks, at what limit, with which fast-perplexity windows.
 
-The profiles themselves (smoke, quick, kit, paper, ...) live in `boomerang_lab.profiles`; `EVAL_PROFILES` is a
-read-only view of their evaluation parts, kept for existing callers.
+The profiles themselves (smoke, quick, kit, paper, ...) live in `boomerang_lab.profiles`: a profile's evaluation
+settings are `boomerang_lab.profiles.get(name).evaluate`.
 """
 
 from __future__ import annotations
@@ -60,11 +60,3 @@ class EvalProfile:
             raise ValueError(f"autocast must be null, bfloat16 or float16, got {self.autocast!r}.")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}.")
-
-
-def __getattr__(name: str):
-    if name == "EVAL_PROFILES":  # computed on use: boomerang_lab.profiles imports this module
-        from ..profiles import PROFILES
-
-        return {key: profile.evaluate for key, profile in PROFILES.items()}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
