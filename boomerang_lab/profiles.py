@@ -36,6 +36,7 @@ from .evaluate.perplexity import PerplexityConfig
 from .evaluate.profiles import PPL_TASK, EvalProfile
 from .evaluate.tasks import LOCAL_TASKS
 from .losses import LossConfig
+from .patch_search import SearchConfig
 from .plan import LayerPlan
 
 PROFILE_SUFFIXES = (".yaml", ".yml", ".json")
@@ -74,6 +75,10 @@ class PipelineSettings:
     orders: tuple[str, ...] = field(
         default=("last",),
         metadata={"help": "patch orders evaluated: last, first, klpatch, optimal or any registered order"},
+    )
+    search: SearchConfig = field(
+        default_factory=SearchConfig,
+        metadata={"help": "how the KL-searched orders (klpatch, optimal) are searched: calibration and arithmetic"},
     )
 
     def __post_init__(self):
@@ -192,14 +197,25 @@ QUICK_BUDGET = dict(
 )
 """The distillation settings `quick` and `quick-paper` share, so that the two recipes differ only in the recipe."""
 
+QUICK_SEARCH = SearchConfig(
+    num_sequences=4,  # calibration windows of the training corpus
+    seq_len=256,  # tokens per window: 1,024 calibration tokens
+    seed=0,  # which windows
+    stride=1,  # the KL scored at every position
+    autocast="bfloat16",  # the members run under bf16 autocast (the CPU's avx512_bf16), the KL in float32
+)
+"""The quick profile's klpatch calibration (benchmarks/study_klpatch.py, validation text)."""
+
 # The main job, on a 2-core CPU with the SmolLM2-135M teacher (benchmarks/study_quick.py chose it on WikiText-2
 # validation text; README "Measured"). Two stages at 4 x 128 tokens per step, both under bf16 autocast (the CPU's
 # avx512_bf16: ~1.5x faster steps than float32):
 #   96 local steps  (blockwise: each 2-layer block's student layer learns its block in the teacher's context)
 #   64 global steps (CE + KL + cosine through the whole student), embeddings and head frozen.
 # It beat 128 global steps (the previous default) on validation text at 39 of 42 seed x size pairs in the "local"
-# order and 42 of 42 in "last" (3 seeds; benchmarks/results/study_quick_cpu/seed_check.md). The "local" order
-# (worst-fitting blocks patched first) beat "last" at 11 of 14 sizes there. Evaluation: WikiText-2 test token perplexity
+# order and 42 of 42 in "last" (3 seeds; benchmarks/results/study_quick_cpu/seed_check.md). The family is patched in
+# the KL-searched "klpatch" order, searched once after distillation (notebook 01) on QUICK_SEARCH and saved with the
+# student; benchmarks/study_klpatch.py chose that calibration on validation text (2 students x 3 draws); "local" and
+# "last" stay one flag away (--orders local). Evaluation: WikiText-2 test token perplexity
 # (4,096 tokens) at every size under bf16 autocast, and LAMBADA (64 examples, batched) at 3 sizes, where teacher and
 # student differ by many stderrs (the three 20-example tasks before could not tell any two models apart).
 register(
@@ -217,7 +233,7 @@ register(
         ),
         PlanSettings(),
         QUICK_EVAL,
-        PipelineSettings(random_init=False, orders=("local",)),
+        PipelineSettings(random_init=False, orders=("klpatch",), search=QUICK_SEARCH),
     )
 )
 

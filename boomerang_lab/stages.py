@@ -53,4 +53,37 @@ def distill_students(
             )
             start = init_student(teacher_model, plan, random_init=random_init, seed=config.seed)
             distill(teacher_model, start, plan, data, config, tokenizer)
+    with folder_lock(Path(student)):
+        search_orders(profile, teacher_model, student)
     return {name: path for name, (path, _) in runs.items()}
+
+
+def search_orders(profile: str, teacher_model: PreTrainedModel, student: str | Path) -> dict:
+    """Search the profile's KL-searched orders (`klpatch`, `optimal` among `pipeline.orders`) for the student with
+    the profile's `pipeline.search` settings, once, and save each next to the student (`order_<name>.json`, with
+    its settings and seconds): every later Family of this student (notebooks 02-07, the explorer, `evaluate`) reads
+    it from there instead of searching again. Returns {name: Order}."""
+    import time
+
+    from .family import Family
+    from .models import load_student
+    from .patch_search import SEARCHES, search
+    from .profiles import get
+
+    pipeline = get(profile).pipeline
+    names = [name for name in pipeline.orders if name in SEARCHES]
+    if not names:
+        return {}
+    student_model, _, plan = load_student(student, device=teacher_model.device)
+    family = Family(teacher_model, student_model, plan)
+    family.search_config = pipeline.search
+    found = {}
+    for name in names:
+        start = time.perf_counter()
+        found[name] = search(family, name)
+        c = pipeline.search
+        print(
+            f"{name} order: {[list(step) for step in found[name].steps]} ({time.perf_counter() - start:.0f} s; "
+            f"{c.num_sequences} x {c.seq_len} calibration tokens, every {c.stride} scored, autocast {c.autocast})"
+        )
+    return found

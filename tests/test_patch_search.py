@@ -410,3 +410,29 @@ def test_study_smoke_run_and_notebook(tmp_path, monkeypatch):
 def test_notebook_source_has_a_parameters_cell():  # its outputs, if any, are the main job's (test_notebooks.py)
     nb = nbformat.read(ROOT / "notebooks" / "07_orders.ipynb", as_version=4)
     assert [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+
+
+def test_notebook_01s_stage_searches_the_profiles_order_once_and_saves_it(tmp_path, monkeypatch, capsys):
+    """`stages.search_orders` searches the profile's klpatch with the profile's settings and saves it next to the
+    student; a second call (notebook 02 onwards, another process) reads it back without searching."""
+    from boomerang_lab import profiles, stages
+
+    teacher = tiny_model("llama", 8)
+    plan = LayerPlan.paper(8)
+    perturb(init_student(teacher, plan)).save_pretrained(tmp_path)
+    plan.save(tmp_path)
+    monkeypatch.setattr(patch_search, "teacher_tokenizer", lambda *a: None)
+    monkeypatch.setattr(
+        patch_search.SearchConfig, "calibration", lambda self, tok: ids(self.num_sequences, self.seq_len, self.seed)
+    )
+    monkeypatch.setattr(  # the tiny student has no tokenizer files: load the model and plan alone
+        "boomerang_lab.models.load_student",
+        lambda path, device=None: (AutoModelForCausalLM.from_pretrained(path).eval(), None, LayerPlan.load(path)),
+    )
+    profile = profiles.get("smoke", pipeline={"orders": ["klpatch"], "search": {"num_sequences": 3, "seq_len": 8}})
+    found = stages.search_orders(profile, teacher, tmp_path)
+    assert json.loads((tmp_path / "order_klpatch.json").read_text())["search"]["num_sequences"] == 3
+    assert "klpatch order:" in capsys.readouterr().out
+    monkeypatch.setitem(patch_search.SEARCHES, "klpatch", lambda *a, **k: pytest.fail("searched again"))
+    assert stages.search_orders(profile, teacher, tmp_path) == found
+    assert stages.search_orders(profiles.get("smoke"), teacher, tmp_path) == {}  # no searched order in the profile

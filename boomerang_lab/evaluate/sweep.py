@@ -145,6 +145,7 @@ def _sweep(teacher, tokenizer, student, plan, cfg, random_student, distilled, te
         student, student_name = teacher_view(teacher, plan.kept), student_name or "teacher-init"
     names = {"teacher": teacher_name or _name(teacher), "student": student_name or _name(student)}
     family = Family(teacher, student, plan)
+    family.search_config = getattr(family, "search_config", None) or _search_config(cfg.profile)
     candidates = _candidates(family, tokenizer, cfg, names["student"], random_student, random_name, distilled)
     table = read_results(cfg.results)
     done = set(map(_key, table[KEY].itertuples(index=False)))
@@ -230,6 +231,7 @@ def _candidates(
             if random_student is None:
                 raise ValueError("Method 'random_init' needs random_student: a student distilled from random init.")
             rand = Family(family.teacher, random_student, family.plan)
+            rand.search_config = family.search_config
             out += [
                 Candidate(method, random_name or _name(random_student), o, k, lambda o=o, k=k: rand.build(k, o))
                 for o in cfg.orders
@@ -402,3 +404,11 @@ def _key(values) -> tuple[str, ...]:
 
 def _name(model: PreTrainedModel) -> str:
     return getattr(model.config, "_name_or_path", "") or type(model).__name__
+
+
+def _search_config(profile: str):
+    """The profile's settings for KL-searched orders (`pipeline.search`): what `klpatch`/`optimal` use in a sweep
+    when no order is saved next to the student with its own."""
+    from ..profiles import get
+
+    return get(profile).pipeline.search
