@@ -16,7 +16,6 @@ from boomerang_lab.adapters import get_adapter, layers_of, set_num_layers
 from boomerang_lab.cli import main
 from boomerang_lab.distill import CONFIG_FILE, profile, run_name
 from boomerang_lab.evaluate import (
-    EVAL_PROFILES,
     LOCAL_TASKS,
     PPL_TASK,
     PerplexityConfig,
@@ -131,7 +130,7 @@ def test_every_local_task_runs_with_a_limit(smol):
         assert set(got.metric) == metrics, task
         assert got.value.notna().all()
     accuracy = rows[rows.metric.str.startswith("acc")].value
-    assert accuracy.between(0, 1).all()
+    assert (accuracy * 2).isin([0.0, 1.0, 2.0]).all()  # a mean over exactly 2 examples: the limit was applied
 
 
 def test_unknown_task_is_a_clear_error(smol):
@@ -237,7 +236,11 @@ def test_teacher_view_is_the_pruned_teacher_without_copies(arch):
     assert all(id(p) in teacher_params for p in view.parameters())
     with torch.no_grad():
         torch.testing.assert_close(view(ids()).logits, reference(ids()).logits, rtol=0, atol=0)
-        view(ids(), use_cache=True)  # positions in the KV cache are the view's, not the teacher's
+        # Positions in the KV cache are the view's, not the teacher's: a cached next step equals the full forward.
+        x = ids()
+        prefix = view(x[:, :-1], use_cache=True)
+        step = view(x[:, -1:], past_key_values=prefix.past_key_values, use_cache=True).logits[:, -1]
+        torch.testing.assert_close(step, reference(x).logits[:, -1], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("order", ["last", "first"])
@@ -371,12 +374,6 @@ def test_interrupted_sweep_resumes_without_duplicates(smol, smol_family, tmp_pat
         pd.testing.assert_frame_equal(
             table.drop(columns="timestamp").sort_values(by_key).reset_index(drop=True), expected, check_dtype=False
         )
-
-
-def test_profiles_name_known_tasks():
-    for name, settings in EVAL_PROFILES.items():
-        assert set(settings.tasks) <= set(LOCAL_TASKS) | {PPL_TASK}, name
-    assert EVAL_PROFILES["paper"].limit is None and set(EVAL_PROFILES["paper"].tasks) == set(LOCAL_TASKS) | {PPL_TASK}
 
 
 def test_cli_evaluate_appends_to_the_table(tmp_path, capsys):
