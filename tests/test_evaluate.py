@@ -4,7 +4,7 @@ import copy
 import importlib
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pandas as pd
 import pytest
@@ -19,6 +19,7 @@ from boomerang_lab.evaluate import (
     LOCAL_TASKS,
     PPL_TASK,
     PerplexityConfig,
+    SweepConfig,
     block_influence,
     evaluate_lm,
     naive_pruning,
@@ -374,6 +375,52 @@ def test_interrupted_sweep_resumes_without_duplicates(smol, smol_family, tmp_pat
         pd.testing.assert_frame_equal(
             table.drop(columns="timestamp").sort_values(by_key).reset_index(drop=True), expected, check_dtype=False
         )
+
+
+def test_a_rerun_with_other_settings_adds_rows_and_never_reuses_old_ones(smol, smol_family, tmp_path, capsys):
+    """Each setting that changes a value is in the resume key: the perplexity window, its stride, autocast. A rerun
+    with one changed evaluates again (its values are the new setting's), one with the same settings reuses."""
+    teacher, tok = smol
+    results = tmp_path / "r.csv"
+    args = dict(profile="smoke", tasks=[PPL_TASK], ks=[0, 3])  # float32
+    variants = [
+        ({}, TINY_PPL, None),
+        ({"ppl": PerplexityConfig(window=16, stride=16, max_tokens=64)}, PerplexityConfig(16, 16, 64), None),
+        ({"ppl": PerplexityConfig(window=32, stride=16, max_tokens=64)}, PerplexityConfig(32, 16, 64), None),
+        ({"autocast": "bfloat16"}, TINY_PPL, torch.bfloat16),
+    ]
+    seen = []
+    for overrides, ppl, autocast in variants:
+        capsys.readouterr()
+        table = tiny_sweep(smol, smol_family, results, **args, **overrides)
+        assert "[sweep] 2 evaluations to run, 0 already in" in capsys.readouterr().out, overrides
+        with torch.autocast("cpu", dtype=autocast or torch.float32, enabled=autocast is not None):
+            expected = perplexity(teacher, tok, config=ppl)["token_perplexity"]
+        token = table[table.metric == "token_perplexity"].set_index("k").value
+        assert token[3] == pytest.approx(expected, rel=1e-6), overrides  # the new setting's value, not an old row's
+        seen.append(token[3])
+    assert len(set(seen)) == len(seen)  # each setting changed the value
+    on_disk = read_results(results)
+    assert len(on_disk) == len(variants) * 2 * 4 and on_disk.settings.nunique() == len(variants)
+    assert "dtype=float32 autocast=bfloat16 window=32 stride=32 max_tokens=64" in set(on_disk.settings)
+
+    again = tiny_sweep(smol, smol_family, results, **args)  # the first settings again: found, not rerun
+    assert "0 evaluations to run, 2 already in" in capsys.readouterr().out
+    assert again[again.metric == "token_perplexity"].set_index("k").value[3] == seen[0]
+    # A table written before the key held the settings: its rows are evaluated again, not trusted.
+    on_disk.drop(columns="settings").to_csv(tmp_path / "old.csv", index=False)
+    tiny_sweep(smol, smol_family, tmp_path / "old.csv", **args)
+    assert "2 evaluations to run, 0 already in" in capsys.readouterr().out
+    # lm-eval's batch size (padding changes float sums) and ShortGPT's calibration are in the key too.
+    key = sweep_module._settings
+    cfg = SweepConfig(profile="smoke").resolved()
+    assert key("arc_easy_local", "boomerang", cfg, "float32") != key(
+        "arc_easy_local", "boomerang", replace(cfg, batch_size=cfg.batch_size + 1), "float32"
+    )
+    assert key(PPL_TASK, "shortgpt", cfg, "float32") != key(
+        PPL_TASK, "shortgpt", replace(cfg, calibration=(2, 16)), "float32"
+    )
+    assert key(PPL_TASK, "boomerang", cfg, "float32") != key(PPL_TASK, "boomerang", cfg, "bfloat16")
 
 
 def test_cli_evaluate_appends_to_the_table(tmp_path, capsys):
