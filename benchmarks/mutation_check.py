@@ -89,60 +89,35 @@ MUTATIONS = {
     ),
 }
 
-CASES = [  # (test id, mutation, old test id or None)
-    ("tests/test_distill.py::test_interrupted_run_resumes_to_the_same_student", "resume_none", True),
-    ("tests/test_distill.py::test_incomplete_checkpoints_are_not_resumed", "resume_none", True),
-    ("tests/test_distill.py::test_incomplete_checkpoints_are_not_resumed", "ckpt_no_state_check", True),
-    ("tests/test_blockwise.py::test_each_stage_resumes_after_kill_9_to_the_same_student[local-3]", "resume_none", True),
-    (
-        "tests/test_blockwise.py::test_each_stage_resumes_after_kill_9_to_the_same_student[global-3]",
-        "resume_none",
-        True,
-    ),
-    (
-        "tests/test_blockwise.py::test_each_stage_resumes_after_kill_9_to_the_same_student[global-0]",
-        "no_stage_reload",
-        True,
-    ),
-    (
-        "tests/test_blockwise.py::test_each_stage_resumes_after_kill_9_to_the_same_student[global-0]",
-        "resume_none",
-        False,
-    ),
+D, B, E = "tests/test_distill.py::", "tests/test_blockwise.py::", "tests/test_evaluate.py::"
+KILL9, PADDED = B + "test_each_stage_resumes_after_kill_9_to_the_same_student", B + "test_the_local_stage_with_padding"
+RERUN = E + "test_a_rerun_with_other_settings_adds_rows_and_never_reuses_old_ones"
+CASES = [  # (test id, mutation, whether the test existed before issue 20: then it runs on the mutant too)
+    (D + "test_interrupted_run_resumes_to_the_same_student", "resume_none", True),
+    (D + "test_incomplete_checkpoints_are_not_resumed", "resume_none", True),
+    (D + "test_incomplete_checkpoints_are_not_resumed", "ckpt_no_state_check", True),
+    (KILL9 + "[local-3]", "resume_none", True),
+    (KILL9 + "[global-3]", "resume_none", True),
+    (KILL9 + "[global-0]", "no_stage_reload", True),
+    (KILL9 + "[global-0]", "resume_none", False),
     ("tests/test_diagrams.py::test_exactness_checks_pass_and_would_show_a_difference", "exactness_tolerant", True),
-    ("tests/test_blockwise.py::test_local_loss_equals_a_direct_computation", "local_loss_ignores_mask", True),
-    ("tests/test_blockwise.py::test_local_loss_equals_a_direct_computation", "teacher_states_drop_mask", False),
-    (
-        "tests/test_blockwise.py::test_the_local_stage_with_padding_equals_a_direct_computation",
-        "local_trainer_drops_mask",
-        False,
-    ),
-    (
-        "tests/test_blockwise.py::test_the_local_stage_with_padding_equals_a_direct_computation",
-        "local_loss_ignores_mask",
-        False,
-    ),
+    (B + "test_local_loss_equals_a_direct_computation", "local_loss_ignores_mask", True),
+    (B + "test_local_loss_equals_a_direct_computation", "teacher_states_drop_mask", False),
+    (PADDED + "_equals_a_direct_computation", "local_trainer_drops_mask", False),
+    (PADDED + "_equals_a_direct_computation", "local_loss_ignores_mask", False),
     ("tests/test_plan.py::test_plan_and_alignment_match_paper_code", "alignment_drops_last_pair", True),
     ("tests/test_plan.py::test_paper_plans", "last_block_empty", True),
     ("tests/test_pairs.py::test_every_masked_member_matches_direct_composition", "member_drops_mask", True),
     ("tests/test_profiles.py::test_orders_register_through_the_registry", "members_cached_by_size", True),
     ("tests/test_family.py::test_teacher_and_student_unchanged_after_members_run", "layer_idx_not_restored", True),
-    ("tests/test_evaluate.py::test_teacher_view_is_the_pruned_teacher_without_copies", "view_keeps_teacher_idx", True),
-    ("tests/test_evaluate.py::test_every_local_task_runs_with_a_limit", "limit_plus_one", True),
-    ("tests/test_distill.py::test_gradient_accumulation_equals_one_big_batch", "ga_loss_unscaled", False),
-    ("tests/test_distill.py::test_gradient_accumulation_equals_one_big_batch", "ga_log_sums", False),
-    ("tests/test_distill.py::test_bf16_distillation_trains_resumes_and_repeats", "bf16_ignored", False),
-    ("tests/test_distill.py::test_bf16_distillation_trains_resumes_and_repeats", "resume_none", False),
-    (
-        "tests/test_evaluate.py::test_a_rerun_with_other_settings_adds_rows_and_never_reuses_old_ones",
-        "sweep_key_without_settings",
-        False,
-    ),
-    (
-        "tests/test_evaluate.py::test_a_rerun_with_other_settings_adds_rows_and_never_reuses_old_ones",
-        "sweep_key_without_window",
-        False,
-    ),
+    (E + "test_teacher_view_is_the_pruned_teacher_without_copies", "view_keeps_teacher_idx", True),
+    (E + "test_every_local_task_runs_with_a_limit", "limit_plus_one", True),
+    (D + "test_gradient_accumulation_equals_one_big_batch", "ga_loss_unscaled", False),
+    (D + "test_gradient_accumulation_equals_one_big_batch", "ga_log_sums", False),
+    (D + "test_bf16_distillation_trains_resumes_and_repeats", "bf16_ignored", False),
+    (D + "test_bf16_distillation_trains_resumes_and_repeats", "resume_none", False),
+    (RERUN, "sweep_key_without_settings", False),
+    (RERUN, "sweep_key_without_window", False),
 ]
 
 
