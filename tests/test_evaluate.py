@@ -382,7 +382,7 @@ def test_a_rerun_with_other_settings_adds_rows_and_never_reuses_old_ones(smol, s
     with one changed evaluates again (its values are the new setting's), one with the same settings reuses."""
     teacher, tok = smol
     results = tmp_path / "r.csv"
-    args = dict(profile="smoke", tasks=[PPL_TASK], ks=[0, 3])  # float32
+    args = dict(profile="smoke", tasks=[PPL_TASK], ks=[3])  # float32: the teacher, k=K
     variants = [
         ({}, TINY_PPL, None),
         ({"ppl": PerplexityConfig(window=16, stride=16, max_tokens=64)}, PerplexityConfig(16, 16, 64), None),
@@ -393,7 +393,7 @@ def test_a_rerun_with_other_settings_adds_rows_and_never_reuses_old_ones(smol, s
     for overrides, ppl, autocast in variants:
         capsys.readouterr()
         table = tiny_sweep(smol, smol_family, results, **args, **overrides)
-        assert "[sweep] 2 evaluations to run, 0 already in" in capsys.readouterr().out, overrides
+        assert "[sweep] 1 evaluations to run, 0 already in" in capsys.readouterr().out, overrides
         with torch.autocast("cpu", dtype=autocast or torch.float32, enabled=autocast is not None):
             expected = perplexity(teacher, tok, config=ppl)["token_perplexity"]
         token = table[table.metric == "token_perplexity"].set_index("k").value
@@ -401,16 +401,16 @@ def test_a_rerun_with_other_settings_adds_rows_and_never_reuses_old_ones(smol, s
         seen.append(token[3])
     assert len(set(seen)) == len(seen)  # each setting changed the value
     on_disk = read_results(results)
-    assert len(on_disk) == len(variants) * 2 * 4 and on_disk.settings.nunique() == len(variants)
+    assert len(on_disk) == len(variants) * 4 and on_disk.settings.nunique() == len(variants)
     assert "dtype=float32 autocast=bfloat16 window=32 stride=32 max_tokens=64" in set(on_disk.settings)
 
     again = tiny_sweep(smol, smol_family, results, **args)  # the first settings again: found, not rerun
-    assert "0 evaluations to run, 2 already in" in capsys.readouterr().out
+    assert "0 evaluations to run, 1 already in" in capsys.readouterr().out
     assert again[again.metric == "token_perplexity"].set_index("k").value[3] == seen[0]
     # A table written before the key held the settings: its rows are evaluated again, not trusted.
     on_disk.drop(columns="settings").to_csv(tmp_path / "old.csv", index=False)
     tiny_sweep(smol, smol_family, tmp_path / "old.csv", **args)
-    assert "2 evaluations to run, 0 already in" in capsys.readouterr().out
+    assert "1 evaluations to run, 0 already in" in capsys.readouterr().out
     # lm-eval's batch size (padding changes float sums) and ShortGPT's calibration are in the key too.
     key = sweep_module._settings
     cfg = SweepConfig(profile="smoke").resolved()
