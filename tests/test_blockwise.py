@@ -50,41 +50,68 @@ def direct_states(teacher, ids):
     return inputs, outputs
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3", "gpt_neox", "gpt2"])
-def test_local_loss_equals_a_direct_computation(arch):
-    teacher = tiny_model(arch)
-    student = init_student(teacher, PLAN)
+def direct_token_terms(teacher, student, plan, ids):
+    """Per (trained layer, sequence, token): nmse and 1 - cos of each multi-layer student layer against the end of its
+    block, computed without blockwise code. Each student layer runs in a member of the family whose other blocks are
+    the teacher's: its output there is the student layer's output in the teacher's context."""
+    from boomerang_lab.family import Family
+
+    family = Family(teacher, student, plan)
+    t_in, t_out = direct_states(teacher, ids)
+    nmse, cos = [], []
+    for j in plan.multi_layer:
+        member = family.build(order=[[b for b in range(plan.num_student_layers) if b != j]])
+        _, m_out = direct_states(member, ids)
+        y = m_out[plan.kept[j]]  # the student layer sits where its block starts
+        stop = plan.block(j).stop
+        t = t_in[stop] if stop < plan.num_teacher_layers else t_out[stop - 1]
+        nmse.append((y - t).pow(2).sum(-1) / t.pow(2).sum(-1))
+        cos.append(1 - torch.nn.functional.cosine_similarity(y, t, dim=-1))
+    return torch.stack(nmse), torch.stack(cos)
+
+
+def unpadded_token_terms(teacher, student, plan, ids, mask):
+    """`direct_token_terms` of each sequence cut to its real tokens (right padding dropped), tokens concatenated."""
+    rows = [direct_token_terms(teacher, student, plan, x[m.bool()][None]) for x, m in zip(ids, mask)]
+    return torch.cat([r[0] for r in rows], dim=-1), torch.cat([r[1] for r in rows], dim=-1)
+
+
+def moved_student(teacher, plan=PLAN):
+    student = init_student(teacher, plan)
     torch.manual_seed(1)
     with torch.no_grad():  # move the student's layers away from the teacher's (embeddings stay the teacher's)
         for p in layers_of(student).parameters():
             p.add_(0.05 * torch.randn_like(p))
-    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
-    t_in, t_out = direct_states(teacher, ids)
+    return student
 
-    # Each student layer run alone on the teacher's input of its block, through a member of the family whose
-    # other blocks are the teacher's: its output there is the student layer's output in the teacher's context.
-    from boomerang_lab.family import Family
 
-    family = Family(teacher, student, PLAN)
-    expected_nmse, expected_cos = [], []
-    for j in PLAN.multi_layer:
-        others = [b for b in range(PLAN.num_student_layers) if b != j]
-        member = family.build(order=[others])
-        _, m_out = direct_states(member, ids)
-        y = m_out[PLAN.kept[j]]  # the student layer sits where its block starts
-        stop = PLAN.block(j).stop
-        t = t_in[stop] if stop < PLAN.num_teacher_layers else t_out[stop - 1]
-        expected_nmse.append(((y - t).pow(2).sum(-1) / t.pow(2).sum(-1)).mean())
-        expected_cos.append((1 - torch.nn.functional.cosine_similarity(y, t, dim=-1)).mean())
-
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gpt_neox", "gpt2"])
+def test_local_loss_equals_a_direct_computation(arch):
+    teacher = tiny_model(arch)
+    student = moved_student(teacher)
+    ids = torch.randint(1, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
+    nmse, cos = direct_token_terms(teacher, student, PLAN, ids)
     states = teacher_block_states(teacher, PLAN, ids)
-    for kind, expected in (("nmse", expected_nmse), ("cos", expected_cos)):
+    for kind, expected in (("nmse", nmse), ("cos", cos)):
         loss, terms = local_loss(student, PLAN, states, kind=kind)
-        torch.testing.assert_close(loss, torch.stack(expected).mean(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(terms["local_nmse"], torch.stack(expected_nmse).mean(), rtol=1e-5, atol=1e-6)
-    # Padding is left out of the mean: a mask of ones changes nothing, masking half the tokens changes the mean.
-    ones = torch.ones(2, 12)
-    torch.testing.assert_close(local_loss(student, PLAN, states, ones)[0], local_loss(student, PLAN, states)[0])
+        torch.testing.assert_close(loss, expected.mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(terms["local_nmse"], nmse.mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(terms["local_cos"], cos.mean(), rtol=1e-5, atol=1e-6)
+
+    # Right padding (the packing=False layout): the padded positions count for nothing, so the masked loss is the
+    # token mean over each sequence's real tokens alone, computed without the padding.
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    padded = ids.masked_fill(mask == 0, 0)  # EOS as the padding token
+    nmse, cos = unpadded_token_terms(teacher, student, PLAN, padded, mask)
+    states = teacher_block_states(teacher, PLAN, padded, mask)
+    direct_in, _ = direct_states(teacher, padded[1:, :7])  # the teacher's states at the real tokens: unpadded ones
+    start = PLAN.kept[PLAN.multi_layer[-1]]
+    torch.testing.assert_close(states.inputs[-1][1, :7], direct_in[start][0], rtol=1e-5, atol=1e-6)
+    for kind, expected in (("nmse", nmse), ("cos", cos)):
+        loss, terms = local_loss(student, PLAN, states, mask, kind=kind)
+        torch.testing.assert_close(loss, expected.mean(), rtol=1e-5, atol=1e-6)
+    assert (local_loss(student, PLAN, states, kind="nmse")[0] - nmse.mean()).abs() > 1e-4  # padding would count
 
 
 def test_local_gradients_reach_only_the_trained_student_layers():
@@ -125,14 +152,14 @@ def test_a_single_layer_block_has_no_local_error_at_initialisation():
 
 
 # --- the stages in distill() ----------------------------------------------------------------------------------------
-def staged_run(out: Path, callbacks=(), **overrides) -> Path:
+def staged_run(out: Path, callbacks=(), progress: bool = False, **overrides) -> Path:
     teacher = tiny_model("llama")
     student = init_student(teacher, PLAN)
     ids = torch.randint(0, VOCAB, (64, 16), generator=torch.Generator().manual_seed(0))
     data = Dataset.from_dict({"input_ids": ids.tolist()})
     settings = {"batch_size": 4, "local_steps": 4, "max_steps": 4, "save_steps": 2, "use_cpu": True, **overrides}
     config = profile("smoke", output_dir=str(out), **settings)
-    return distill(teacher, student, PLAN, data, config, callbacks=callbacks, progress=False)
+    return distill(teacher, student, PLAN, data, config, callbacks=callbacks, progress=progress)
 
 
 def test_the_local_stage_then_the_global_stage(tmp_path, capsys):
@@ -156,6 +183,30 @@ def test_the_local_stage_then_the_global_stage(tmp_path, capsys):
         assert changed == (layer in PLAN.multi_layer), name
 
 
+def test_the_local_stage_with_padding_equals_a_direct_computation(tmp_path):
+    """packing=False rows (right-padded with EOS, an attention mask) in the local stage: the first step's logged
+    terms are the token means over the real tokens of the batch, computed on each sequence without its padding."""
+    teacher = tiny_model("llama")
+    student = moved_student(teacher)
+    ids = torch.randint(1, VOCAB, (4, 16), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    for row, length in enumerate([16, 9, 5, 12]):
+        mask[row, length:] = 0
+    ids = ids.masked_fill(mask == 0, 0)
+    nmse, cos = unpadded_token_terms(teacher, student, PLAN, ids, mask)
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": mask.tolist()})
+    # One batch holds the whole data set, so step 1 sees every sequence (in some order: the token mean ignores it).
+    config = profile(
+        "smoke", output_dir=str(tmp_path / "s"), packing=False, batch_size=4, local_steps=1, max_steps=0, use_cpu=True
+    )
+    out = distill(teacher, student, PLAN, data, config, progress=False)
+    log = pd.read_csv(out / LOG_FILE)
+    assert list(log.stage) == ["local"] and list(log.tokens_seen) == [64]
+    assert log.local_nmse[0] == pytest.approx(nmse.mean().item(), rel=1e-5)
+    assert log.local_cos[0] == pytest.approx(cos.mean().item(), rel=1e-5)
+    assert log.loss[0] == pytest.approx(log.local_nmse[0], rel=1e-6)
+
+
 class KillAt(TrainerCallback):
     """kill -9 of the whole process at the end of a step of one stage (no cleanup of any kind)."""
 
@@ -167,8 +218,27 @@ class KillAt(TrainerCallback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-@pytest.mark.parametrize("stage, step", [("local", 3), ("global", 3), ("global", 0)])
-def test_each_stage_resumes_after_kill_9_to_the_same_student(tmp_path, stage, step):
+class StageSteps(TrainerCallback):
+    """The optimizer steps trained in this process, per stage."""
+
+    def __init__(self):
+        self.steps = {"local": [], "global": []}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps[Path(args.output_dir).name].append(state.global_step)
+
+
+# Killed at step 3 with checkpoints every 2 steps: the rerun trains steps 3 and 4 of that stage, and all 4 of a later
+# one; a stage that finished before the kill is loaded, not trained again.
+RESUMED = {
+    ("local", 3): ({"local": [3, 4], "global": [1, 2, 3, 4]}, "local stage: 4 steps, resumed at step 2"),
+    ("global", 3): ({"local": [], "global": [3, 4]}, "global stage: 4 steps, resumed at step 2"),
+    ("global", 0): ({"local": [], "global": [1, 2, 3, 4]}, "local stage: finished earlier, loaded from"),
+}
+
+
+@pytest.mark.parametrize("stage, step", list(RESUMED))
+def test_each_stage_resumes_after_kill_9_to_the_same_student(tmp_path, capsys, stage, step):
     full = staged_run(tmp_path / "full")
     if step:  # killed inside the stage, after a checkpoint (save_steps=2)
         code = f"from test_blockwise import *; staged_run(Path({str(tmp_path / 'cut')!r}), [KillAt({stage!r}, {step})])"
@@ -181,7 +251,11 @@ def test_each_stage_resumes_after_kill_9_to_the_same_student(tmp_path, stage, st
     proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     assert not (tmp_path / "cut").exists() and (tmp_path / "cut.partial").exists()
-    resumed = staged_run(tmp_path / "cut")
+    capsys.readouterr()
+    counter = StageSteps()
+    resumed = staged_run(tmp_path / "cut", [counter], progress=True)
+    steps, message = RESUMED[stage, step]
+    assert counter.steps == steps and message in capsys.readouterr().out
     a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     pd.testing.assert_frame_equal(pd.read_csv(full / LOG_FILE), pd.read_csv(resumed / LOG_FILE))

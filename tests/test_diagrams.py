@@ -1,5 +1,7 @@
 """The pictures and tables the notebooks use to explain the method: plan, family stacks, exactness checks."""
 
+import copy
+
 import matplotlib
 import pytest
 import torch
@@ -37,14 +39,26 @@ def test_composition_names_where_each_module_comes_from(family):
     assert one.source.iloc[0] == "student" and one.source.iloc[-1] == "teacher"  # student embeddings, teacher head
 
 
-def test_exactness_checks_pass_and_would_show_a_difference(family):
+def test_exactness_checks_pass_and_would_show_a_difference(family, monkeypatch):
     ids = torch.randint(0, 97, (2, 12))
     checks = exactness_checks(family, ids)
     assert checks.passed.all() and len(checks) == 6
     assert set(checks.order) == {"last", "first"} and (checks.value == 0).all()
-    with torch.no_grad():  # a changed student weight breaks the k=0 check only if the member does not share it
-        layers_of(family.student)[0].mlp.down_proj.weight.add_(0.0)
-    assert exactness_checks(family, ids, orders=("last",)).passed.all()
+
+    # Members that hold a copy of the weights, one of them changed: every check of the order fails and says by how much.
+    build = Family.build
+
+    def copied_and_changed(self, k=None, order="last"):
+        member = copy.deepcopy(build(self, k, order))
+        with torch.no_grad():
+            layers_of(member)[0].mlp.down_proj.weight.add_(1e-3)
+        return member
+
+    monkeypatch.setattr(Family, "build", copied_and_changed)
+    broken = exactness_checks(family, ids, orders=("last",))
+    assert list(broken.passed) == [False, False, False]
+    assert (broken.value.iloc[:2] > 0).all()
+    assert broken.value.iloc[2] == len(list(family.teacher.parameters()))  # the teacher member: all copies
 
 
 def test_diagrams_draw(family, tmp_path):

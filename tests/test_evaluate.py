@@ -4,7 +4,7 @@ import copy
 import importlib
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pandas as pd
 import pytest
@@ -19,6 +19,7 @@ from boomerang_lab.evaluate import (
     LOCAL_TASKS,
     PPL_TASK,
     PerplexityConfig,
+    SweepConfig,
     block_influence,
     evaluate_lm,
     naive_pruning,
@@ -130,7 +131,7 @@ def test_every_local_task_runs_with_a_limit(smol):
         assert set(got.metric) == metrics, task
         assert got.value.notna().all()
     accuracy = rows[rows.metric.str.startswith("acc")].value
-    assert accuracy.between(0, 1).all()
+    assert (accuracy * 2).isin([0.0, 1.0, 2.0]).all()  # a mean over exactly 2 examples: the limit was applied
 
 
 def test_unknown_task_is_a_clear_error(smol):
@@ -236,7 +237,11 @@ def test_teacher_view_is_the_pruned_teacher_without_copies(arch):
     assert all(id(p) in teacher_params for p in view.parameters())
     with torch.no_grad():
         torch.testing.assert_close(view(ids()).logits, reference(ids()).logits, rtol=0, atol=0)
-        view(ids(), use_cache=True)  # positions in the KV cache are the view's, not the teacher's
+        # Positions in the KV cache are the view's, not the teacher's: a cached next step equals the full forward.
+        x = ids()
+        prefix = view(x[:, :-1], use_cache=True)
+        step = view(x[:, -1:], past_key_values=prefix.past_key_values, use_cache=True).logits[:, -1]
+        torch.testing.assert_close(step, reference(x).logits[:, -1], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("order", ["last", "first"])
@@ -372,13 +377,50 @@ def test_interrupted_sweep_resumes_without_duplicates(smol, smol_family, tmp_pat
         )
 
 
-def test_profiles_name_known_tasks():
-    from boomerang_lab.profiles import PROFILES
+def test_a_rerun_with_other_settings_adds_rows_and_never_reuses_old_ones(smol, smol_family, tmp_path, capsys):
+    """Each setting that changes a value is in the resume key: the perplexity window, its stride, autocast. A rerun
+    with one changed evaluates again (its values are the new setting's), one with the same settings reuses."""
+    teacher, tok = smol
+    results = tmp_path / "r.csv"
+    args = dict(profile="smoke", tasks=[PPL_TASK], ks=[3])  # float32: the teacher, k=K
+    variants = [
+        ({}, TINY_PPL, None),
+        ({"ppl": PerplexityConfig(window=16, stride=16, max_tokens=64)}, PerplexityConfig(16, 16, 64), None),
+        ({"ppl": PerplexityConfig(window=32, stride=16, max_tokens=64)}, PerplexityConfig(32, 16, 64), None),
+        ({"autocast": "bfloat16"}, TINY_PPL, torch.bfloat16),
+    ]
+    seen = []
+    for overrides, ppl, autocast in variants:
+        capsys.readouterr()
+        table = tiny_sweep(smol, smol_family, results, **args, **overrides)
+        assert "[sweep] 1 evaluations to run, 0 already in" in capsys.readouterr().out, overrides
+        with torch.autocast("cpu", dtype=autocast or torch.float32, enabled=autocast is not None):
+            expected = perplexity(teacher, tok, config=ppl)["token_perplexity"]
+        token = table[table.metric == "token_perplexity"].set_index("k").value
+        assert token[3] == pytest.approx(expected, rel=1e-6), overrides  # the new setting's value, not an old row's
+        seen.append(token[3])
+    assert len(set(seen)) == len(seen)  # each setting changed the value
+    on_disk = read_results(results)
+    assert len(on_disk) == len(variants) * 4 and on_disk.settings.nunique() == len(variants)
+    assert "dtype=float32 autocast=bfloat16 window=32 stride=32 max_tokens=64" in set(on_disk.settings)
 
-    for name, settings in PROFILES.items():
-        assert set(settings.evaluate.tasks) <= set(LOCAL_TASKS) | {PPL_TASK}, name
-    paper = PROFILES["paper"].evaluate
-    assert paper.limit is None and set(paper.tasks) == set(LOCAL_TASKS) | {PPL_TASK}
+    again = tiny_sweep(smol, smol_family, results, **args)  # the first settings again: found, not rerun
+    assert "0 evaluations to run, 1 already in" in capsys.readouterr().out
+    assert again[again.metric == "token_perplexity"].set_index("k").value[3] == seen[0]
+    # A table written before the key held the settings: its rows are evaluated again, not trusted.
+    on_disk.drop(columns="settings").to_csv(tmp_path / "old.csv", index=False)
+    tiny_sweep(smol, smol_family, tmp_path / "old.csv", **args)
+    assert "1 evaluations to run, 0 already in" in capsys.readouterr().out
+    # lm-eval's batch size (padding changes float sums) and ShortGPT's calibration are in the key too.
+    key = sweep_module._settings
+    cfg = SweepConfig(profile="smoke").resolved()
+    assert key("arc_easy_local", "boomerang", cfg, "float32") != key(
+        "arc_easy_local", "boomerang", replace(cfg, batch_size=cfg.batch_size + 1), "float32"
+    )
+    assert key(PPL_TASK, "shortgpt", cfg, "float32") != key(
+        PPL_TASK, "shortgpt", replace(cfg, calibration=(2, 16)), "float32"
+    )
+    assert key(PPL_TASK, "boomerang", cfg, "float32") != key(PPL_TASK, "boomerang", cfg, "bfloat16")
 
 
 def test_cli_evaluate_appends_to_the_table(tmp_path, capsys):

@@ -116,10 +116,10 @@ def test_teacher_and_student_unchanged_after_members_run(family):
         assert len(m(x, output_hidden_states=True).hidden_states) == n_hidden
     gen_after = family.teacher.generate(x, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert torch.equal(gen_before, gen_after)
-    assert [l.self_attn.layer_idx if hasattr(l, "self_attn") else None for l in layers_of(family.teacher)][:1] in (
-        [0],
-        [None],
-    )
+    # Members rewrite the shared layers' cache indices while they run; the teacher's own are back in place after.
+    for model in (family.teacher, family.student):
+        for i, layer in enumerate(layers_of(model)):
+            assert {m.layer_idx for m in layer.modules() if hasattr(m, "layer_idx")} <= {i}, (type(model), i)
 
 
 def test_members_share_weights_and_layer_indices_are_restored(family):

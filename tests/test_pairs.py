@@ -60,12 +60,6 @@ def direct(teacher, student, plan, patched, x) -> torch.Tensor:
 
 
 # --- BERT teacher, DistilBERT student --------------------------------------------------------------------------------
-def test_distil_plan_blocks():
-    plan = LayerPlan.from_kept(DISTIL_KEPT, 12)
-    assert [list(b) for b in plan.blocks] == [[0, 1], [2, 3], [4, 5, 6], [7, 8], [9, 10], [11]]
-    assert plan.multi_layer == [0, 1, 2, 3, 4]
-
-
 @torch.no_grad()
 def test_masked_endpoints_are_student_and_teacher(bert):
     teacher, student, family = bert
@@ -92,7 +86,14 @@ def test_every_masked_member_matches_direct_composition(bert, order):
         out = member(x, output_hidden_states=True)
         assert torch.equal(out.logits, direct(teacher, student, family.plan, resolved.patched(k), x)), (order, k)
         assert len(out.hidden_states) == len(layers_of(member)) + 1 == member.config.num_hidden_layers + 1
-        member(x, attention_mask=padding_mask(x))
+        # Padding masked out is padding dropped: the real tokens' logits are those of the unpadded sequence.
+        mask = padding_mask(x)
+        padded = member(x, attention_mask=mask).logits
+        torch.testing.assert_close(padded[0], out.logits[0], rtol=1e-5, atol=1e-5)
+        real = int(mask[1].sum())
+        unpadded = direct(teacher, student, family.plan, resolved.patched(k), x[1:, :real])
+        torch.testing.assert_close(padded[1, :real], unpadded[0], rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(member(x).logits[1, :real], unpadded[0], rtol=1e-3, atol=1e-3)  # padding matters
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ from boomerang_lab.orders import Order
 from boomerang_lab.plan import LayerPlan
 from boomerang_lab.profiles import PROFILES, Profile, ProfileError, flatten
 from boomerang_lab.student import init_student
-from tiny import tiny_model
+from tiny import perturb, tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "boomerang_lab"
@@ -130,6 +130,11 @@ def test_paper_evaluation_reports_lm_evals_wikitext_beside_the_fast_perplexity()
     tasks = PROFILES["paper"].evaluate.tasks
     assert PPL_TASK in tasks and "wikitext_local" in tasks and set(tasks) == set(LOCAL_TASKS) | {PPL_TASK}
     assert PROFILES["paper"].evaluate.limit is None
+
+
+def test_every_profile_names_known_tasks():
+    for name, settings in EVAL_PROFILES.items():
+        assert set(settings.tasks) <= set(LOCAL_TASKS) | {PPL_TASK}, name
 
 
 # --- one object, everywhere ----------------------------------------------------------------------------------------
@@ -420,20 +425,31 @@ def test_orders_register_through_the_registry():
     with pytest.raises(ValueError, match="'last' is already registered"):
         register_order("last", lambda f: Order.last(f.plan))
 
+    calls = []
+
     @register_order("odd_first_test")
     def odd_first(family):
-        return Order.from_blocks(
-            family.plan, sorted(family.plan.multi_layer, key=lambda j: (j % 2 == 0, j)), name="odd_first_test"
-        )
+        calls.append(family)
+        return Order.from_blocks(family.plan, sorted(family.plan.multi_layer, key=lambda j: (j % 2 == 0, j)))
 
     try:
         teacher = tiny_model("llama")
-        family = Family(teacher, init_student(teacher, LayerPlan.paper(8)), LayerPlan.paper(8))
-        assert family.order("odd_first_test").name == "odd_first_test"
-        assert family.build(family.K, "odd_first_test") is family.build(family.K, "last")  # the teacher, cached
+        plan = LayerPlan.paper(8)  # multi-layer student layers 0, 1, 2: "last" patches 2 first, odd_first 1
+        family = Family(perturb(teacher), perturb(init_student(teacher, plan), seed=2), plan)
+        resolved = family.order("odd_first_test")
+        assert calls == [family] and resolved.steps == ((1,), (0,), (2, 3, 4))
+        x = torch.randint(0, 97, (1, 8), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            for k, patched in ((1, [1]), (2, [0, 1])):  # below K the order decides the member
+                member = family.build(k, "odd_first_test")
+                assert member.boomerang["patched"] == patched
+                assert not torch.equal(member(x).logits, family.build(k, "last")(x).logits)
+        assert family.order("odd_first_test") is resolved and len(calls) == 1  # built once per family
         register_order("odd_first_test", odd_first, replace=True)
     finally:
         ORDERS.pop("odd_first_test", None)
+    with pytest.raises(ValueError, match="Unknown order 'odd_first_test'"):
+        Family(teacher, init_student(teacher, plan), plan).order("odd_first_test")
 
 
 def test_pseudo_perplexity_lives_in_evaluate():

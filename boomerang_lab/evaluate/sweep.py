@@ -44,12 +44,14 @@ COLUMNS = [
     "value",
     "stderr",
     "limit",
+    "settings",
     "timestamp",
 ]
-KEY = ["teacher", "student", "method", "order", "k", "task", "limit"]
-"""A (candidate, task) evaluation already in the table under this key is skipped on a rerun."""
+KEY = ["teacher", "student", "method", "order", "k", "task", "limit", "settings"]
+"""A (candidate, task) evaluation already in the table under this key is skipped on a rerun. `settings` holds the
+other settings that change a value (see `_settings`), so a rerun with another one adds rows instead of reusing."""
 METHODS = ("boomerang", "naive", "shortgpt", "random_init", "distilled")
-_TEXT = {c: str for c in ("teacher", "student", "method", "order", "task", "metric", "timestamp")}
+_TEXT = {c: str for c in ("teacher", "student", "method", "order", "task", "metric", "settings", "timestamp")}
 
 
 @dataclass
@@ -150,8 +152,9 @@ def _sweep(teacher, tokenizer, student, plan, cfg, random_student, distilled, te
     table = read_results(cfg.results)
     done = set(map(_key, table[KEY].itertuples(index=False)))
     lm_ks = _lm_eval_ks(family.K, cfg.lm_eval_sizes)
+    dtype = str(next(teacher.parameters()).dtype).removeprefix("torch.")
     wanted = {
-        _key(_row_key(names["teacher"], c, task, cfg)): (c, task)
+        _key(_row_key(names["teacher"], c, task, cfg, dtype)): (c, task)
         for c in candidates
         for task in cfg.tasks
         if task == PPL_TASK or c.k is None or c.k in lm_ks
@@ -185,6 +188,7 @@ def _sweep(teacher, tokenizer, student, plan, cfg, random_student, distilled, te
             params=sum(p.numel() for p in params),
             task=task,
             limit=_limit(task, cfg),
+            settings=_settings(task, cand.method, cfg, dtype),
             timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
         append_results(rows[COLUMNS], cfg.results)
@@ -319,6 +323,10 @@ def read_results(path: str | Path) -> pd.DataFrame:
         )
     except Exception as err:  # pandas/pyarrow raise many kinds for bad bytes
         raise DamagedFile(f"{path} is damaged ({type(err).__name__}: {str(err).splitlines()[0][:120]}); {fix}") from err
+    if "settings" not in table.columns:  # a table written before the key held them: its rows match no new key
+        table.insert(
+            list(table.columns).index("limit") + 1 if "limit" in table.columns else len(table.columns), "settings", ""
+        )
     missing = set(COLUMNS) - set(table.columns)
     if missing:
         raise ValueError(f"{path} is not a sweep results table: it lacks the columns {sorted(missing)}.")
@@ -385,8 +393,31 @@ def _limit(task: str, cfg: SweepConfig) -> int | float | None:
     return cfg.ppl.max_tokens if task == PPL_TASK else cfg.limit
 
 
-def _row_key(teacher: str, cand: Candidate, task: str, cfg: SweepConfig) -> tuple:
-    return teacher, cand.student, cand.method, cand.order, cand.k, task, _limit(task, cfg)
+def _settings(task: str, method: str, cfg: SweepConfig, dtype: str) -> str:
+    """Every setting besides the key's names, size, task and limit that changes a value: the models' dtype, the
+    autocast dtype, the perplexity windows (or lm-eval's batch size: padding changes the float sums) and ShortGPT's
+    calibration."""
+    parts = {"dtype": dtype, "autocast": cfg.autocast or "none"}
+    if task == PPL_TASK:
+        parts |= {"window": cfg.ppl.window, "stride": cfg.ppl.stride, "max_tokens": cfg.ppl.max_tokens}
+    else:
+        parts["batch_size"] = cfg.batch_size
+    if method == "shortgpt":
+        parts["calibration"] = "x".join(map(str, cfg.calibration))
+    return " ".join(f"{name}={value}" for name, value in parts.items())
+
+
+def _row_key(teacher: str, cand: Candidate, task: str, cfg: SweepConfig, dtype: str) -> tuple:
+    return (
+        teacher,
+        cand.student,
+        cand.method,
+        cand.order,
+        cand.k,
+        task,
+        _limit(task, cfg),
+        _settings(task, cand.method, cfg, dtype),
+    )
 
 
 def _key(values) -> tuple[str, ...]:
