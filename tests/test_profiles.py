@@ -133,8 +133,8 @@ def test_paper_evaluation_reports_lm_evals_wikitext_beside_the_fast_perplexity()
 
 
 def test_every_profile_names_known_tasks():
-    for name, settings in EVAL_PROFILES.items():
-        assert set(settings.tasks) <= set(LOCAL_TASKS) | {PPL_TASK}, name
+    for name, profile in PROFILES.items():
+        assert set(profile.evaluate.tasks) <= set(LOCAL_TASKS) | {PPL_TASK}, name
 
 
 # --- one object, everywhere ----------------------------------------------------------------------------------------
