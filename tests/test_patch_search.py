@@ -400,11 +400,21 @@ def test_study_smoke_run_and_notebook(tmp_path, monkeypatch):
         str(executed),
         cwd=str(tmp_path),
         progress_bar=False,
-        parameters={"study": str(out), "figures": str(tmp_path / "fig")},
+        parameters={  # this run's part on the study's own student (smoke), then the study's figures
+            "study": str(out),
+            "figures": str(tmp_path / "fig"),
+            "profile": "smoke",
+            "orders": ["last"],
+            "compare": ["first"],
+            "teacher": "smollm2-tiny-random",
+            "student": str(tmp_path / "work" / "paper"),
+            "results": str(tmp_path / "results.csv"),
+        },
     )
     nb = nbformat.read(executed, as_version=4)
     assert not [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert (tmp_path / "fig" / "07_orders.png").stat().st_size > 1000
+    assert (tmp_path / "fig" / "07_orders_run.png").stat().st_size > 1000
 
 
 def test_notebook_source_has_a_parameters_cell():  # its outputs, if any, are the main job's (test_notebooks.py)
