@@ -171,7 +171,7 @@ def report(out: Path) -> pd.DataFrame:
         layers, values = np.array([c[0] for c in curve]), np.array([c[1] for c in curve])
         below_sg = int((values < shortgpt.loc[layers].values).sum())
         below_naive = int((values < naive.loc[layers].values).sum())
-        table = pd.DataFrame({"order": r.candidate, "layers": layers, "ppl": values})
+        table = pd.DataFrame({"order": r.candidate, "k": range(len(values)), "layers": layers, "ppl": values})
         violations = int(curve_quality(table.sort_values("layers"), metric="ppl").iloc[0]["violations"])
         runs.append(
             {
