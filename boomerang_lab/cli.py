@@ -383,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         nargs="+",
         default=["boomerang"],
-        help="boomerang naive shortgpt random_init distilled (default boomerang)",
+        help="boomerang naive shortgpt laco random_init distilled (default boomerang)",
     )
     ev.add_argument(
         "--orders", nargs="+", help="patch orders, e.g. last first klpatch optimal (default: the profile's)"
