@@ -100,70 +100,15 @@ def evaluate(model, tokenizer, task: str, sweep_config) -> pd.DataFrame:
     return _evaluate(model, tokenizer, task, sweep_config)
 
 
-def figure(table: pd.DataFrame, path: Path, order: str, teacher_layers: int, student_layers: int) -> None:
-    """The paper's Figure 4 layout: the family's curve, direct students as points, teacher and student marked."""
-    import matplotlib
+def draw(table: pd.DataFrame, args, plan) -> None:
+    from boomerang_lab.comparisons import figure4
+    from boomerang_lab.plots import save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [
-        ("wikitext_ppl", "token_perplexity", "WikiText-2 test token perplexity", True),
-        (LAMBADA, "acc", "LAMBADA accuracy", False),
-    ]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, (task, metric, title, log_scale) in zip(axes, panels):
-        rows = table[(table.task == task) & (table.metric == metric) & (table.order == order)]
-        fam = rows[rows.method == "boomerang"].sort_values("layers")
-        ax.plot(fam.layers, fam.value, "o-", color="tab:blue", ms=4, label=f"boomerang family ({order} order)")
-        for layers, name, marker in ((teacher_layers, "teacher", "*"), (student_layers, "student", "s")):
-            end = fam[fam.layers == layers]
-            if not end.empty:
-                ax.plot(end.layers, end.value, marker, color="black", ms=12 if marker == "*" else 8, label=name)
-        direct = rows[rows.method == "distilled"]
-        for seed, group in direct.groupby("seed"):
-            ax.errorbar(
-                group.layers,
-                group.value,
-                yerr=None if log_scale else group.stderr,
-                fmt="D",
-                color="tab:orange" if seed == 0 else "tab:red",
-                ms=7,
-                capsize=3,
-                label=f"distilled at its size (seed {seed})",
-            )
-        ax.set_xlabel("layers")
-        ax.set_title(title)
-        if log_scale:
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Interpolated members vs students distilled at their own size (SmolLM2-135M, quick recipe, this CPU)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-
-
-def verdict(table: pd.DataFrame, order: str) -> str:
-    """The criterion of the docstring applied to the finished rows."""
-    ppl = table[(table.task == "wikitext_ppl") & (table.metric == "token_perplexity") & (table.order == order)]
-    direct = ppl[ppl.method == "distilled"]
-    family = ppl[ppl.method == "boomerang"].set_index("layers").value
-    seeds = direct.pivot_table(index="layers", columns="seed", values="value")
-    spread = 0.05
-    two = seeds.dropna()
-    if len(two) and two.shape[1] >= 2:
-        spread = max(spread, float((two.max(axis=1) / two.min(axis=1) - 1).max()))
-    lines = [f"seed spread used as the threshold: {spread:.1%}"]
-    for layers, value in direct[direct.seed == 0].set_index("layers").value.sort_index().items():
-        if layers not in family:
-            continue
-        ratio = family[layers] / value - 1
-        call = "matches" if abs(ratio) <= spread else "better" if ratio < 0 else "worse"
-        lines.append(f"{layers} layers: member {family[layers]:.1f} vs direct {value:.1f} ({ratio:+.1%}): {call}")
-    return "\n".join(lines)
+    fig = figure4(table, args.order, plan.num_teacher_layers, plan.num_student_layers)
+    fig.suptitle(
+        f"Members vs students distilled at their own size ({args.profile} recipe, {args.order} order, this CPU)"
+    )
+    save_figure(fig, Path(args.figure).parent, Path(args.figure).stem, formats=("png",))
 
 
 def main() -> None:
@@ -179,9 +124,11 @@ def main() -> None:
     parser.add_argument("--log", default=str(ROOT / "runs" / "figure4" / "study.log"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--wait", type=float, default=3600, help="seconds to wait for the family's student")
+    parser.add_argument("--laco", action=argparse.BooleanOptionalAction, default=True, help="add LaCo at those sizes")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
+    from boomerang_lab.comparisons import verdict
     from boomerang_lab.direct import direct_student, resolve_order, size_for_layers
     from boomerang_lab.distill import profile as distill_profile
     from boomerang_lab.evaluate.sweep import SweepConfig
@@ -279,8 +226,27 @@ def main() -> None:
         log(f"the family's student {student_dir} did not appear; rerun to add the members", logfile)
         return
     family_rows(range(order.num_sizes + 1), ["wikitext_ppl"])
-    figure(table, Path(args.figure), args.order, plan.num_teacher_layers, plan.num_student_layers)
-    log("verdict:\n" + verdict(table, args.order), logfile)
+    draw(table, args, plan)
+    log("verdict:\n" + verdict(table, args.order).to_string(index=False), logfile)
+    if args.laco:  # LaCo (no training) at the direct students' sizes, for the comparison
+        from boomerang_lab.evaluate.baselines import laco_pruning
+        from boomerang_lab.laco import LaCoConfig
+        from boomerang_lab.patch_search import calibration_set
+
+        laco_config = LaCoConfig()
+        calibration = calibration_set(tokenizer, laco_config.sentences, laco_config.tokens)
+        for layers in sorted({layers for layers, _ in jobs}):
+            if not done(
+                table, layers=layers, method="laco", seed=0, task="wikitext_ppl", order=args.order, profile=args.profile
+            ):
+                model = laco_pruning(teacher, layers, calibration, laco_config)
+                log(
+                    f"LaCo {layers}L: groups {model.boomerang['laco_groups']}, "
+                    f"threshold met: {model.boomerang['threshold_met']}",
+                    logfile,
+                )
+                record(model, layers, "laco", 0, None, math.nan, ["wikitext_ppl", LAMBADA])
+        draw(table, args, plan)
     log(f"study done in {time.perf_counter() - start:.0f} s (this invocation)", logfile)
 
 

@@ -211,3 +211,27 @@ def extrapolate_seconds(measured: pd.DataFrame, costs: pd.DataFrame) -> pd.DataF
     out["measured"] = out.layers.isin(mean.index)
     out["seconds"] = np.where(out.measured, out.layers.map(mean), intercept + slope * out.flops)
     return out
+
+
+def measured_seconds(study: pd.DataFrame) -> pd.DataFrame:
+    """(layers, seconds) of every direct student in a Figure 4 study table (`distilled` rows, each seed once)."""
+    direct = study[study.method == "distilled"].drop_duplicates(["layers", "seed"])
+    return direct[["layers", "distill_seconds"]].rename(columns={"distill_seconds": "seconds"}).dropna()
+
+
+def table3_measured(
+    name: str, config: PretrainedConfig, profile="quick", study: pd.DataFrame | None = None, order: str = "last"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`table3`'s row for one teacher and its per-size rows (`family_costs`), with wall seconds where `study` (a
+    Figure 4 table) measured direct students: measured sizes as measured, the others and the family's student
+    extrapolated (`extrapolate_seconds`), and the ratio of the seconds beside the ratio of the FLOPs."""
+    row = table3({name: config}, profile, order)
+    sizes = family_costs(config, profile, order)
+    measured = measured_seconds(study) if study is not None else pd.DataFrame()
+    if len(measured):
+        sizes = extrapolate_seconds(measured, sizes)
+        row["family_seconds"] = sizes.seconds.iloc[0]
+        row["direct_seconds"] = sizes.seconds.iloc[1:].sum()
+        row["seconds_ratio"] = row.direct_seconds / row.family_seconds
+        row["measured_layers"] = ", ".join(str(int(n)) for n in sorted(measured.layers.unique()))
+    return row, sizes

@@ -10,6 +10,7 @@ from boomerang_lab.costs import (
     family_costs,
     paper_table3,
     run_flops,
+    table3_measured,
 )
 from boomerang_lab.distill import DistillConfig
 from boomerang_lab.plan import LayerPlan
@@ -85,3 +86,20 @@ def test_extrapolated_seconds_follow_a_line_in_flops_and_keep_measured_ones():
     assert out.seconds.tolist()[1] == 100.0 and out.seconds.tolist()[3] == 160.0
     # The line through (12, 100), (16, 150), (16, 170): slope 15 per FLOP, 100 at 12.
     assert out.seconds.tolist()[0] == pytest.approx(70.0) and out.seconds.tolist()[2] == pytest.approx(130.0)
+
+
+def test_table3_measured_adds_seconds_from_a_study_table():
+    study = pd.DataFrame(
+        {
+            "layers": [6, 6, 7],
+            "method": ["distilled", "distilled", "boomerang"],
+            "seed": [0, 0, 0],
+            "distill_seconds": [50.0, 50.0, None],
+        }
+    )
+    row, sizes = table3_measured("tiny", tiny_config("llama"), "smoke", study)
+    assert row.measured_layers.item() == "6" and list(sizes.measured) == [False, True, False]
+    assert sizes.seconds.tolist()[1] == 50.0  # one measured size: seconds proportional to FLOPs
+    assert sizes.seconds.tolist()[0] == pytest.approx(50.0 * sizes.flops[0] / sizes.flops[1])
+    assert row.seconds_ratio.item() == pytest.approx(sizes.seconds[1:].sum() / sizes.seconds[0])
+    assert row.ratio.item() == pytest.approx(sizes.flops[1:].sum() / sizes.flops[0])
