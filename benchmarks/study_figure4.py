@@ -21,7 +21,12 @@ Distillations run one after another on one thread (torch.set_num_threads(1)); di
 student's wall time on this shared 2-core CPU (a reused student keeps the time measured when it was distilled).
 The csv is resumable: finished rows are skipped, finished students are reused.
 
-    OMP_NUM_THREADS=1 python benchmarks/study_figure4.py [--order last] [--sizes 20 23 26] [--profile quick]
+    OMP_NUM_THREADS=1 python benchmarks/study_figure4.py [--order last] [--sizes 20 26 23] [--profile quick]
+
+Another profile (e.g. `kit` on a GPU, after `boomerang run --profile kit` distilled outputs/kit/student):
+
+    python benchmarks/study_figure4.py --profile kit --threads 16 --results benchmarks/results/figure4_kit.csv \
+        --figure figures/figure4_kit.png --runs runs/figure4_kit
 """
 
 from __future__ import annotations
@@ -104,20 +109,18 @@ def draw(table: pd.DataFrame, args, plan) -> None:
     from boomerang_lab.comparisons import figure4
     from boomerang_lab.plots import save_figure
 
-    fig = figure4(table, args.order, plan.num_teacher_layers, plan.num_student_layers)
-    fig.suptitle(
-        f"Members vs students distilled at their own size ({args.profile} recipe, {args.order} order, this CPU)"
-    )
+    title = f"Members vs students distilled at their own size ({args.profile} recipe, {args.order} order, this CPU)"
+    fig = figure4(table, args.order, plan.num_teacher_layers, plan.num_student_layers, title)
     save_figure(fig, Path(args.figure).parent, Path(args.figure).stem, formats=("png",))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="quick")
-    parser.add_argument("--student", default="/work/main/outputs/quick/student", help="the family's student")
+    parser.add_argument("--student", help="the family's student (default: outputs/<profile>/student, the main job's)")
     parser.add_argument("--order", default="last", help="the family's patch order (recorded in the csv)")
     parser.add_argument("--sizes", nargs="+", type=int, default=[20, 26, 23], help="layers of the direct students")
-    parser.add_argument("--second-seed", nargs=2, type=int, default=[23, 1], metavar=("LAYERS", "SEED"))
+    parser.add_argument("--second-seed", nargs=2, type=int, default=[20, 1], metavar=("LAYERS", "SEED"))
     parser.add_argument("--runs", default=str(ROOT / "runs" / "figure4"), help="where the direct students go")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--figure", default=str(FIGURE))
@@ -141,7 +144,7 @@ def main() -> None:
     chosen = get(args.profile)
     teacher, tokenizer = load_model(chosen.teacher)
     plan = chosen.layer_plan(teacher.config.num_hidden_layers)
-    student_dir = Path(args.student)
+    student_dir = Path(args.student or ROOT / "outputs" / chosen.name / "student")
     family = None
     plan_order = args.order in ("last", "first")
     start = time.perf_counter()
@@ -180,7 +183,7 @@ def main() -> None:
                 seed=seed,
                 task=task,
                 distill_seconds=seconds,
-                train_tokens=tokens,
+                train_tokens=0 if method == "laco" else tokens,  # LaCo trains nothing
                 k=k,
                 order=args.order,
                 profile=args.profile,
@@ -205,6 +208,33 @@ def main() -> None:
 
     order = resolve_order(plan, args.order, None if plan_order else get_family(args.wait))
     jobs = [(layers, 0) for layers in args.sizes] + [tuple(args.second_seed)]
+    ks = sorted({size_for_layers(plan, order, layers) for layers, _ in jobs})
+    # The family first (cheap, and the figure's curve), then LaCo (no training), then the direct students.
+    if family_rows(range(order.num_sizes + 1), ["wikitext_ppl"], wait=args.wait):
+        family_rows(ks + [0, order.num_sizes], [LAMBADA])
+    else:
+        log(f"the family's student {student_dir} did not appear; rerun to add the members", logfile)
+    if args.laco:
+        from boomerang_lab.evaluate.baselines import laco_pruning
+        from boomerang_lab.laco import LaCoConfig
+        from boomerang_lab.patch_search import calibration_set
+
+        laco_config = LaCoConfig()
+        calibration = calibration_set(tokenizer, laco_config.sentences, laco_config.tokens)
+        for layers in sorted({layers for layers, _ in jobs}):
+            key = dict(layers=layers, method="laco", seed=0, order=args.order, profile=args.profile)
+            if not all(done(table, task=task, **key) for task in ("wikitext_ppl", LAMBADA)):
+                t0 = time.perf_counter()
+                model = laco_pruning(teacher, layers, calibration, laco_config)
+                info = model.boomerang
+                log(
+                    f"LaCo {layers}L ({time.perf_counter() - t0:.0f} s): groups {info['laco_groups']}, "
+                    f"threshold met: {info['threshold_met']}",
+                    logfile,
+                )
+                record(model, layers, "laco", 0, None, math.nan, ["wikitext_ppl", LAMBADA])
+    draw(table, args, plan)
+
     for layers, seed in jobs:
         k = size_for_layers(plan, order, layers)
         out = runs / f"direct_{layers}L_{args.order}_s{seed}"
@@ -219,34 +249,8 @@ def main() -> None:
         model, _, _ = load_student(out)
         record(model, layers, "distilled", seed, k, seconds, ["wikitext_ppl", LAMBADA])
         del model
-        family_rows([k], ["wikitext_ppl", LAMBADA])  # the member of the same size, once the family's student exists
-
-    ks = sorted({size_for_layers(plan, order, layers) for layers, _ in jobs})
-    if not family_rows(ks + [0, order.num_sizes], ["wikitext_ppl", LAMBADA], wait=args.wait):
-        log(f"the family's student {student_dir} did not appear; rerun to add the members", logfile)
-        return
-    family_rows(range(order.num_sizes + 1), ["wikitext_ppl"])
-    draw(table, args, plan)
-    log("verdict:\n" + verdict(table, args.order).to_string(index=False), logfile)
-    if args.laco:  # LaCo (no training) at the direct students' sizes, for the comparison
-        from boomerang_lab.evaluate.baselines import laco_pruning
-        from boomerang_lab.laco import LaCoConfig
-        from boomerang_lab.patch_search import calibration_set
-
-        laco_config = LaCoConfig()
-        calibration = calibration_set(tokenizer, laco_config.sentences, laco_config.tokens)
-        for layers in sorted({layers for layers, _ in jobs}):
-            if not done(
-                table, layers=layers, method="laco", seed=0, task="wikitext_ppl", order=args.order, profile=args.profile
-            ):
-                model = laco_pruning(teacher, layers, calibration, laco_config)
-                log(
-                    f"LaCo {layers}L: groups {model.boomerang['laco_groups']}, "
-                    f"threshold met: {model.boomerang['threshold_met']}",
-                    logfile,
-                )
-                record(model, layers, "laco", 0, None, math.nan, ["wikitext_ppl", LAMBADA])
         draw(table, args, plan)
+        log("verdict so far:\n" + verdict(table, args.order).to_string(index=False), logfile)
     log(f"study done in {time.perf_counter() - start:.0f} s (this invocation)", logfile)
 
 

@@ -77,14 +77,18 @@ def verdict(table: pd.DataFrame, order: str | None = None) -> pd.DataFrame:
 
 
 def figure4(
-    table: pd.DataFrame, order: str | None = None, teacher_layers: int | None = None, student_layers: int | None = None
+    table: pd.DataFrame,
+    order: str | None = None,
+    teacher_layers: int | None = None,
+    student_layers: int | None = None,
+    title: str | None = None,
 ):
     """The paper's Figure 4 layout: the family's curve, direct students as points (one colour per seed), LaCo where
     run, teacher and student marked; WikiText-2 token perplexity (log) and LAMBADA accuracy."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, (task, title, log_scale) in zip(
+    for ax, (task, panel, log_scale) in zip(
         axes, [(PPL, "WikiText-2 test token perplexity", True), (LAMBADA, "LAMBADA accuracy (64 examples)", False)]
     ):
         rows = table[(table.task == task[0]) & (table.metric == task[1])]
@@ -111,7 +115,7 @@ def figure4(
                 label=f"distilled at its size (seed {seed})",
             )
         ax.set_xlabel("layers")
-        ax.set_title(title)
+        ax.set_title(panel)
         if log_scale:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)

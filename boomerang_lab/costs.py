@@ -92,6 +92,18 @@ def paper_teacher_configs() -> dict[str, PretrainedConfig]:
     }
 
 
+def teacher_config(name: str) -> PretrainedConfig:
+    """A teacher's config without loading weights: SmolLM2-135M from `paper_teacher_configs`, an embedded model's or
+    any local path's or hub id's (AutoConfig)."""
+    from transformers import AutoConfig
+
+    from .models import EMBEDDED, TINY, embedded_path
+
+    if name == "smollm2-135m":
+        return paper_teacher_configs()["SmolLM2-135M"]
+    return AutoConfig.from_pretrained(embedded_path(name) if name in EMBEDDED or name == TINY else name)
+
+
 @dataclass(frozen=True)
 class Shape:
     """The parameter counts the formula needs, read from a model built on the meta device (no memory, no weights)."""
