@@ -209,19 +209,20 @@ def paper_table3() -> pd.DataFrame:
 
 def extrapolate_seconds(measured: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
     """Wall seconds of every run in `costs` (from `family_costs`) from the `measured` ones (columns layers, seconds):
-    a least-squares line in FLOPs through the measured runs. Returns `costs` with a `seconds` column (measured where a
-    run was measured, else the line's value) and `measured` (bool)."""
-    flops = costs.set_index("layers").flops
-    x = flops.reindex(measured.layers).to_numpy()
+    a least-squares line in the number of layers through the measured runs (one measured size: proportional to the
+    layers). Layers, not FLOPs: on a CPU the measured time does not follow the FLOPs model (e.g. the local stage's
+    steps are cheaper there than its FLOPs say), while it grows with the student's depth. Returns `costs` with a
+    `seconds` column (measured where a run was measured, else the line's value) and `measured` (bool)."""
+    x = measured.layers.to_numpy(dtype=float)
     y = measured.seconds.to_numpy(dtype=float)
     if len(set(x)) < 2:
-        slope, intercept = y.mean() / x.mean(), 0.0  # one size: proportional to FLOPs
+        slope, intercept = y.mean() / x.mean(), 0.0
     else:
         slope, intercept = np.polyfit(x, y, 1)
     mean = measured.groupby("layers").seconds.mean()
     out = costs.copy()
     out["measured"] = out.layers.isin(mean.index)
-    out["seconds"] = np.where(out.measured, out.layers.map(mean), intercept + slope * out.flops)
+    out["seconds"] = np.where(out.measured, out.layers.map(mean), intercept + slope * out.layers)
     return out
 
 

@@ -78,13 +78,13 @@ def test_the_paper_teachers_ratios_are_within_5_percent_of_its_table3():
         assert row.ratio == pytest.approx(row.paper_ratio, rel=0.05)
 
 
-def test_extrapolated_seconds_follow_a_line_in_flops_and_keep_measured_ones():
-    costs = pd.DataFrame({"k": [0, 1, 2, 3], "layers": [5, 6, 7, 8], "flops": [10.0, 12.0, 14.0, 16.0]})
+def test_extrapolated_seconds_follow_a_line_in_layers_and_keep_measured_ones():
+    costs = pd.DataFrame({"k": [0, 1, 2, 3], "layers": [5, 6, 7, 8], "flops": [16.0, 15.0, 14.0, 13.0]})
     measured = pd.DataFrame({"layers": [6, 8, 8], "seconds": [100.0, 150.0, 170.0]})  # two seeds at 8 layers
     out = extrapolate_seconds(measured, costs)
     assert list(out.measured) == [False, True, False, True]
     assert out.seconds.tolist()[1] == 100.0 and out.seconds.tolist()[3] == 160.0
-    # The line through (12, 100), (16, 150), (16, 170): slope 15 per FLOP, 100 at 12.
+    # The least-squares line through (6, 100), (8, 150), (8, 170): 30 s per layer, 100 at 6 layers.
     assert out.seconds.tolist()[0] == pytest.approx(70.0) and out.seconds.tolist()[2] == pytest.approx(130.0)
 
 
@@ -99,7 +99,7 @@ def test_table3_measured_adds_seconds_from_a_study_table():
     )
     row, sizes = table3_measured("tiny", tiny_config("llama"), "smoke", study)
     assert row.measured_layers.item() == "6" and list(sizes.measured) == [False, True, False]
-    assert sizes.seconds.tolist()[1] == 50.0  # one measured size: seconds proportional to FLOPs
-    assert sizes.seconds.tolist()[0] == pytest.approx(50.0 * sizes.flops[0] / sizes.flops[1])
+    assert sizes.seconds.tolist()[1] == 50.0  # one measured size: seconds proportional to the layers
+    assert sizes.seconds.tolist()[0] == pytest.approx(50.0 * 5 / 6)
     assert row.seconds_ratio.item() == pytest.approx(sizes.seconds[1:].sum() / sizes.seconds[0])
     assert row.ratio.item() == pytest.approx(sizes.flops[1:].sum() / sizes.flops[0])
