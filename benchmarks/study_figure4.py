@@ -126,6 +126,11 @@ def main() -> None:
     parser.add_argument("--figure", default=str(FIGURE))
     parser.add_argument("--log", default=str(ROOT / "runs" / "figure4" / "study.log"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--family-only",
+        action="store_true",
+        help="only the family's members in --order (e.g. the main job's `local`), beside the direct students of `last`",
+    )
     parser.add_argument("--wait", type=float, default=3600, help="seconds to wait for the family's student")
     parser.add_argument("--laco", action=argparse.BooleanOptionalAction, default=True, help="add LaCo at those sizes")
     args = parser.parse_args()
@@ -214,6 +219,9 @@ def main() -> None:
         family_rows(ks + [0, order.num_sizes], [LAMBADA])
     else:
         log(f"the family's student {student_dir} did not appear; rerun to add the members", logfile)
+    if args.family_only:  # another order's curve of the same family, beside the direct students of --order last
+        log(f"family curve in the {args.order} order done ({time.perf_counter() - start:.0f} s)", logfile)
+        return
     if args.laco:
         from boomerang_lab.evaluate.baselines import laco_pruning
         from boomerang_lab.laco import LaCoConfig

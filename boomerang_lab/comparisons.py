@@ -39,10 +39,22 @@ def seed_spread(table: pd.DataFrame, order: str | None = None) -> float:
     return max(MIN_SPREAD, float((seeds.max(axis=1) / seeds.min(axis=1) - 1).max()))
 
 
-def verdict(table: pd.DataFrame, order: str | None = None) -> pd.DataFrame:
+def members_as(table: pd.DataFrame, order: str, member_order: str) -> pd.DataFrame:
+    """The study's rows of `order` with the family's members taken from `member_order` instead (the same student
+    patched in another order, beside the same direct students)."""
+    others = table[(table.order == order) & (table.method != "boomerang")]
+    members = table[(table.order == member_order) & (table.method == "boomerang")]
+    return pd.concat([others, members], ignore_index=True).assign(order=order)
+
+
+def verdict(table: pd.DataFrame, order: str | None = None, member_order: str | None = None) -> pd.DataFrame:
     """Per size with a seed-0 direct student: the member's and the direct student's perplexity, their relative
     difference and the call (matches / better / worse, by the seed spread), and LAMBADA beside it with the number
-    of combined stderrs between the two."""
+    of combined stderrs between the two. `member_order`: take the members from this order (default: `order`)."""
+    if member_order is not None and member_order != order:
+        table, order = members_as(table, order, member_order), None
+    elif order is not None:
+        table, order = table[table.order == order], None
     ppl = headline(table, PPL, order)
     spread = seed_spread(table, order)
     acc = headline(table, LAMBADA, order)
@@ -91,11 +103,14 @@ def figure4(
     for ax, (task, panel, log_scale) in zip(
         axes, [(PPL, "WikiText-2 test token perplexity", True), (LAMBADA, "LAMBADA accuracy (64 examples)", False)]
     ):
-        rows = table[(table.task == task[0]) & (table.metric == task[1])]
-        if order is not None:
-            rows = rows[rows.order == order]
+        every = table[(table.task == task[0]) & (table.metric == task[1])]
+        rows = every if order is None else every[every.order == order]
+        for other, group in every[(every.method == "boomerang") & (every.order != order)].groupby("order"):
+            group = group.sort_values("layers")
+            ax.plot(group.layers, group.value, "o:", color="tab:cyan", ms=3, label=f"the same family, {other} order")
         fam = rows[rows.method == "boomerang"].sort_values("layers")
-        ax.plot(fam.layers, fam.value, "o-", color="tab:blue", ms=4, label="boomerang family (zero-shot)")
+        name = f", {order} order" if order else ""
+        ax.plot(fam.layers, fam.value, "o-", color="tab:blue", ms=4, label=f"boomerang family (zero-shot{name})")
         ends = {"student": student_layers or fam.layers.min(), "teacher": teacher_layers or fam.layers.max()}
         for name, marker in (("student", "s"), ("teacher", "*")):
             end = fam[fam.layers == ends[name]]

@@ -57,3 +57,14 @@ def test_without_a_second_seed_the_threshold_is_5_percent():
 def test_figure4_draws_both_panels():
     fig = figure4(TABLE, "last", 30, 16, title="t")
     assert [ax.get_title() for ax in fig.axes] == ["WikiText-2 test token perplexity", "LAMBADA accuracy (64 examples)"]
+
+
+def test_members_of_another_order_against_the_same_direct_students():
+    local = study([(20, "boomerang", 0, *PPL, 130.0, None), (23, "boomerang", 0, *PPL, 60.0, None)]).assign(
+        order="local"
+    )
+    both = pd.concat([TABLE, local], ignore_index=True)
+    assert verdict(both, "last").set_index("layers").member_ppl.to_dict() == {20: 100.0, 23: 90.0, 26: 50.0}
+    calls = verdict(both, "last", member_order="local").set_index("layers")
+    assert calls.member_ppl.to_dict() == {20: 130.0, 23: 60.0}  # 26 has no local member
+    assert calls.direct_ppl.to_dict() == {20: 120.0, 23: 70.0} and calls.call.to_dict() == {20: "matches", 23: "better"}
