@@ -5,7 +5,7 @@ Training FLOPs come from `boomerang_lab.costs` (its docstring states the per-tok
 teachers with the paper's plans, recipe and orders, and SmolLM2-135M with the profile given here (the quick recipe,
 by default). Seconds are measured: the direct students' distillation times in `figure4_cpu.csv`
 (benchmarks/study_figure4.py, one thread of this shared 2-core CPU), extrapolated to every intermediate size and to
-the family's student by a line in the number of layers (`costs.extrapolate_seconds`).
+the family's student in proportion to their layers (`costs.extrapolate_seconds`).
 
     python benchmarks/table3.py [--profile quick] [--study benchmarks/results/figure4_cpu.csv]
 

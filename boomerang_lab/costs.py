@@ -209,20 +209,19 @@ def paper_table3() -> pd.DataFrame:
 
 def extrapolate_seconds(measured: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
     """Wall seconds of every run in `costs` (from `family_costs`) from the `measured` ones (columns layers, seconds):
-    a least-squares line in the number of layers through the measured runs (one measured size: proportional to the
-    layers). Layers, not FLOPs: on a CPU the measured time does not follow the FLOPs model (e.g. the local stage's
-    steps are cheaper there than its FLOPs say), while it grows with the student's depth. Returns `costs` with a
-    `seconds` column (measured where a run was measured, else the line's value) and `measured` (bool)."""
+    seconds proportional to the student's layers, c x layers, with c fitted to the measured runs by least squares.
+    Layers, not FLOPs: on a CPU the measured time does not follow the FLOPs model (the local stage's steps are cheaper
+    there than its FLOPs say); one parameter, because times measured on a shared machine are too noisy for a slope.
+    Returns `costs` with `seconds` (measured where a size was measured, its mean over seeds, else c x layers),
+    `measured` (bool) and `seconds_per_layer` (c)."""
     x = measured.layers.to_numpy(dtype=float)
     y = measured.seconds.to_numpy(dtype=float)
-    if len(set(x)) < 2:
-        slope, intercept = y.mean() / x.mean(), 0.0
-    else:
-        slope, intercept = np.polyfit(x, y, 1)
+    per_layer = float((x * y).sum() / (x * x).sum())
     mean = measured.groupby("layers").seconds.mean()
     out = costs.copy()
     out["measured"] = out.layers.isin(mean.index)
-    out["seconds"] = np.where(out.measured, out.layers.map(mean), intercept + slope * out.layers)
+    out["seconds"] = np.where(out.measured, out.layers.map(mean), per_layer * out.layers)
+    out["seconds_per_layer"] = per_layer
     return out
 
 

@@ -78,14 +78,16 @@ def test_the_paper_teachers_ratios_are_within_5_percent_of_its_table3():
         assert row.ratio == pytest.approx(row.paper_ratio, rel=0.05)
 
 
-def test_extrapolated_seconds_follow_a_line_in_layers_and_keep_measured_ones():
+def test_extrapolated_seconds_are_proportional_to_layers_and_keep_measured_ones():
     costs = pd.DataFrame({"k": [0, 1, 2, 3], "layers": [5, 6, 7, 8], "flops": [16.0, 15.0, 14.0, 13.0]})
     measured = pd.DataFrame({"layers": [6, 8, 8], "seconds": [100.0, 150.0, 170.0]})  # two seeds at 8 layers
     out = extrapolate_seconds(measured, costs)
     assert list(out.measured) == [False, True, False, True]
-    assert out.seconds.tolist()[1] == 100.0 and out.seconds.tolist()[3] == 160.0
-    # The least-squares line through (6, 100), (8, 150), (8, 170): 30 s per layer, 100 at 6 layers.
-    assert out.seconds.tolist()[0] == pytest.approx(70.0) and out.seconds.tolist()[2] == pytest.approx(130.0)
+    assert out.seconds.tolist()[1] == 100.0 and out.seconds.tolist()[3] == 160.0  # measured: the seeds' mean
+    per_layer = (6 * 100 + 8 * 150 + 8 * 170) / (6 * 6 + 8 * 8 + 8 * 8)  # least squares through the origin
+    assert out.seconds.tolist()[0] == pytest.approx(5 * per_layer) and out.seconds.tolist()[2] == pytest.approx(
+        7 * per_layer
+    )
 
 
 def test_table3_measured_adds_seconds_from_a_study_table():
