@@ -115,12 +115,31 @@ def figure4(
         for name, marker in (("student", "s"), ("teacher", "*")):
             end = fam[fam.layers == ends[name]]
             ax.plot(end.layers, end.value, marker, color="black", ms=13 if marker == "*" else 8, label=name)
+        direct = rows[rows.method == "distilled"]
         laco = rows[rows.method == "laco"].sort_values("layers")
+        top = None
+        if log_scale and len(fam):  # keep the family and the direct students readable; LaCo may be far above
+            top = 1.6 * max(fam.value.max(), direct.value.max() if len(direct) else 0)
+            ax.set_ylim(0.8 * min(fam.value.min(), direct.value.min() if len(direct) else fam.value.min()), top)
         if len(laco):
-            ax.plot(laco.layers, laco.value, "v--", color="tab:green", ms=6, label="LaCo (no training)")
-        for seed, group in rows[rows.method == "distilled"].groupby("seed"):
+            shown = laco.value if top is None else laco.value.clip(upper=top / 1.15)
+            above = top is not None and (laco.value > top / 1.15).any()
+            ax.plot(
+                laco.layers,
+                shown,
+                "^--" if above else "v--",
+                color="tab:green",
+                ms=6,
+                label="LaCo (no training)" + (", above the axis:" if above else ""),
+            )
+            if above:
+                for x, v, y in zip(laco.layers, laco.value, shown):
+                    ax.annotate(
+                        f"{v:.1e}", (x, y), textcoords="offset points", xytext=(0, -12), ha="center", fontsize=7
+                    )
+        for seed, group in direct.groupby("seed"):
             ax.errorbar(
-                group.layers,
+                group.layers + 0.2 * int(seed),
                 group.value,
                 yerr=None if log_scale else group.stderr,
                 fmt="D",
@@ -134,8 +153,9 @@ def figure4(
         if log_scale:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1, 0.94) if title else None)
+    fig.tight_layout(rect=(0, 0.13, 1, 0.94 if title else 1))
     return fig
