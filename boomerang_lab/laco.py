@@ -38,8 +38,8 @@ from .adapters import get_adapter, layers_of, set_num_layers
 
 @dataclass(frozen=True)
 class LaCoConfig:
-    """LaCo's hyperparameters (its paper: C=4, I=2, T=0.65 on 32-layer Llama2; the range here is the whole model
-    above the first layers by default)."""
+    """LaCo's hyperparameters (C=4, I=2, T=0.65: as we read its paper's Llama2 setting; the range here is the whole
+    model above the first layers by default)."""
 
     merge: int = field(default=4, metadata={"help": "C: layers merged into one per step (layer l and the C-1 after)"})
     lowest: int | None = field(
