@@ -52,12 +52,38 @@ def cmd_distill(args: argparse.Namespace) -> None:
         text_field=args.text_field,
         packing=config.packing,
     )
+    if args.size is not None or args.layers is not None:
+        out = _distill_direct(args, chosen, config, teacher, tokenizer, plan, data)
+        print(f"Student distilled at size k={args.size} written to {out}")
+        return
     print(
         f"teacher {config.teacher}: {plan}; {config.max_steps} steps of {config.batch_size}x{config.grad_accum}"
         f"x{config.seq_len} tokens"
     )
     out = distill(teacher, student, plan, data, config, tokenizer)
     print(f"Student written to {out}")
+
+
+def _distill_direct(args: argparse.Namespace, chosen, config, teacher, tokenizer, plan, data):
+    """`distill --size k` / `--layers N`: a student distilled directly at the family's size k (direct.py)."""
+    from dataclasses import replace
+
+    from .direct import direct_student, resolve_order, size_for_layers
+    from .family import Family
+    from .models import load_student
+
+    family = None
+    if args.family_student:
+        student, _, student_plan = load_student(args.family_student)
+        if student_plan != plan:
+            raise ValueError(f"{args.family_student} has the plan {student_plan}; the profile's is {plan}.")
+        family = Family(teacher, student, plan)
+    order = resolve_order(plan, args.order, family)
+    if args.size is None:
+        args.size = size_for_layers(plan, order, args.layers)
+    out = args.out or f"runs/{chosen.name}/direct_k{args.size}_{order.name}"
+    final = replace(chosen, distill=config)  # the profile with every flag applied
+    return direct_student(teacher, tokenizer, plan, args.size, order, final, out, family=family, data=data)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -315,6 +341,16 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--text-field", default="text", help="hub dataset text column")
     for term in ("ce", "kl", "cos"):
         dist.add_argument(f"--no-{term}", action="store_true", help=f"switch the {term} term off")
+    direct = dist.add_argument_group(
+        "a student distilled directly at a size of the family (initialised with that member's teacher layers)"
+    )
+    at = direct.add_mutually_exclusive_group()
+    at.add_argument("--size", type=int, help="the family's size k (1..K-1) to distil a student at")
+    at.add_argument("--layers", type=int, help="... or the number of layers of that member")
+    direct.add_argument("--order", default="last", help="the family's patch order (default last)")
+    direct.add_argument(
+        "--family-student", help="the family's distilled student, for orders computed from it (local, klpatch)"
+    )
     _add_field_args(dist, "distill", skip=("output_dir", "use_cpu"), title="the recipe (default: the profile's)")
     _add_field_args(dist, "plan", title="the student's layers (default: the profile's)")
     _add_wait_arg(dist)
@@ -363,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         nargs="+",
         default=["boomerang"],
-        help="boomerang naive shortgpt random_init distilled (default boomerang)",
+        help="boomerang naive shortgpt laco random_init distilled (default boomerang)",
     )
     ev.add_argument(
         "--orders", nargs="+", help="patch orders, e.g. last first klpatch optimal (default: the profile's)"

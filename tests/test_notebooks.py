@@ -38,6 +38,9 @@ KNOBS = {
     "07_orders": {"study", "device", "compare"},
 }
 """The notebook's own settings, which the pipeline leaves at their defaults."""
+STUDY_NOTEBOOKS = {"09_direct_vs_family": {"profile": "smoke"}}
+"""Notebooks outside the pipeline that read committed study results, committed with their outputs (published from a
+run with their defaults); each runs in the tests with these parameters."""
 
 
 def _read(name):
@@ -113,7 +116,9 @@ def test_committed_notebook_is_fit_to_commit(name):
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert not [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     if any(c.outputs or c.execution_count is not None for c in code):
-        assert name in PIPELINE, f"{name} is not run by the main job, so it carries no outputs"
+        assert name in PIPELINE or name in STUDY_NOTEBOOKS, (
+            f"{name} is not run by the main job, so it carries no outputs"
+        )
         assert all(c.execution_count is not None for c in code), f"{name}: a partly executed notebook"
         assert problems(nb) == []
 
@@ -209,6 +214,23 @@ def test_smoke_pipeline_executes_every_notebook_into_the_output_folder(smoke):
             o.get("data", {}).get("text/html", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
         )
         assert "<progress" not in html, f"{name}: the Trainer's HTML progress table"
+
+
+@pytest.mark.parametrize("name", STUDY_NOTEBOOKS)
+def test_study_notebook_runs_under_papermill_and_saves_its_figure(name, tmp_path):
+    executed = tmp_path / f"{name}.ipynb"
+    papermill.execute_notebook(
+        str(NOTEBOOK_DIR / f"{name}.ipynb"),
+        str(executed),
+        cwd=str(NOTEBOOK_DIR),
+        parameters={**STUDY_NOTEBOOKS[name], "figures": str(tmp_path)},
+        progress_bar=False,
+        kernel_manager_class=pipeline._encrypted_kernel_manager(),
+    )
+    assert not errors(executed)
+    assert [p.suffix for p in tmp_path.glob("*.png")] == [".png"]
+    published = nbformat.read(publish(executed, tmp_path / "published" / f"{name}.ipynb"), as_version=4)
+    assert problems(published) == [] and _images(published) >= 1
 
 
 def _images(nb) -> int:

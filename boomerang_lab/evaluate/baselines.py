@@ -1,6 +1,8 @@
-"""The paper's baselines, built without copying weights: naive layer pruning, ShortGPT, random-init interpolation.
+"""The paper's baselines, built without copying weights: naive layer pruning, ShortGPT, LaCo, random-init
+interpolation.
 
 Naive pruning and ShortGPT are the teacher with some layers dropped: `teacher_view` shares the teacher's modules.
+LaCo merges groups of layers into one (`laco.py`): only the merged layers are new modules.
 Random-init interpolation is `Family(teacher, student_distilled_from_random_init, plan)`; standard distillation
 students are evaluated as they are (see `sweep`'s `distilled`).
 """
@@ -15,6 +17,7 @@ from transformers import PreTrainedModel
 
 from ..adapters import layers_of
 from ..family import Family, OrderLike, layer_view
+from ..laco import LaCoConfig, laco
 from ..plan import LayerPlan
 
 
@@ -70,3 +73,13 @@ def shortgpt_layers(influence: torch.Tensor, num_layers: int) -> list[int]:
 def shortgpt(teacher: PreTrainedModel, influence: torch.Tensor, num_layers: int) -> PreTrainedModel:
     """ShortGPT: the teacher with its lowest-influence layers removed down to `num_layers` (zero copy)."""
     return teacher_view(teacher, shortgpt_layers(influence, num_layers))
+
+
+def laco_pruning(
+    teacher: PreTrainedModel, num_layers: int, calibration: torch.Tensor, config: LaCoConfig | None = None
+) -> PreTrainedModel:
+    """LaCo: the teacher collapsed to `num_layers` layers by RDSC layer merges (laco.py), searched on `calibration`
+    (token ids [sentences, tokens], e.g. `patch_search.calibration_set(tokenizer, 5, 64)`)."""
+    result = laco(teacher, num_layers, calibration, config or LaCoConfig())
+    result.model.boomerang = {"laco_groups": result.groups, "threshold_met": result.threshold_met}
+    return result.model

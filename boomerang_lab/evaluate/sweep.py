@@ -25,7 +25,7 @@ from ..locks import folder_lock, write_lock
 from ..manifest import DamagedFile
 from ..patch_search import calibration_set
 from ..plan import LayerPlan
-from .baselines import block_influence, naive_pruning, shortgpt, teacher_view
+from .baselines import block_influence, laco_pruning, naive_pruning, shortgpt, teacher_view
 from .lm_eval import evaluate_lm
 from .perplexity import PerplexityConfig, perplexity
 from .profiles import PPL_TASK
@@ -50,7 +50,7 @@ COLUMNS = [
 KEY = ["teacher", "student", "method", "order", "k", "task", "limit", "settings"]
 """A (candidate, task) evaluation already in the table under this key is skipped on a rerun. `settings` holds the
 other settings that change a value (see `_settings`), so a rerun with another one adds rows instead of reusing."""
-METHODS = ("boomerang", "naive", "shortgpt", "random_init", "distilled")
+METHODS = ("boomerang", "naive", "shortgpt", "laco", "random_init", "distilled")
 _TEXT = {c: str for c in ("teacher", "student", "method", "order", "task", "metric", "settings", "timestamp")}
 
 
@@ -258,6 +258,8 @@ def _candidates(
                 )
                 for k in ks
             ]
+        elif method == "laco":
+            out += _laco_candidates(family, tokenizer, cfg, student_name, ks)
         elif method == "distilled":
             if not distilled:
                 raise ValueError("Method 'distilled' needs distilled={name or layer count: model}.")
@@ -268,6 +270,25 @@ def _candidates(
                 for name, model in distilled.items()
             ]
     return out
+
+
+def _laco_candidates(family: Family, tokenizer, cfg: SweepConfig, student_name: str, ks) -> list[Candidate]:
+    """LaCo at the layer count of each size (order "rdsc"), searched on LaCo's few calibration sentences."""
+    from ..laco import LaCoConfig
+
+    config = LaCoConfig()
+    calibration = functools.cache(lambda: calibration_set(tokenizer, config.sentences, config.tokens))
+    sizes = family.sizes(cfg.orders[0]).set_index("k").layers
+    return [
+        Candidate(
+            "laco",
+            student_name,
+            "rdsc",
+            k,
+            lambda n=int(sizes[k]): laco_pruning(family.teacher, n, calibration(), config),
+        )
+        for k in ks
+    ]
 
 
 def _evaluate(model: PreTrainedModel, tokenizer, task: str, cfg: SweepConfig) -> pd.DataFrame:
