@@ -281,17 +281,25 @@ def layer_view(model: PreTrainedModel, layers: Sequence[int]) -> PreTrainedModel
     The view is a normal model of the same class (forward, generate, lm-eval), like a family member; the naive
     pruning and ShortGPT baselines are such views of the teacher.
     """
-    adapter, all_layers = get_adapter(model), layers_of(model)
+    all_layers = layers_of(model)
     bad = [i for i in layers if not 0 <= i < len(all_layers)]
     if bad or not layers:
         raise ValueError(f"Layers must be a non-empty list of layers in 0..{len(all_layers) - 1}; got {list(layers)}.")
+    types = getattr(model.config, "layer_types", None)
+    return modules_view(model, [all_layers[i] for i in layers], [types[i] for i in layers] if types else None)
+
+
+def modules_view(
+    model: PreTrainedModel, layers: Sequence[nn.Module], layer_types: Sequence[str] | None = None
+) -> PreTrainedModel:
+    """`model` running these decoder layer modules (its own, or others of the same shape, e.g. merged ones), sharing
+    every other module with it (zero copy); its own config with the new layer count (and `layer_types`)."""
+    adapter = get_adapter(model)
     _install_output_hooks(model.base_model)  # before the copy, so the view inherits the hooks, not twins of them
-    kept = [all_layers[i] for i in layers]
     config = copy.deepcopy(model.config)
-    types = getattr(config, "layer_types", None)
-    set_num_layers(config, [types[i] for i in layers] if types else None, len(kept))
-    view = _graft(model, {adapter.layers: nn.ModuleList(kept)}, config)
-    _LayerIndexer(kept).attach(view)
+    set_num_layers(config, list(layer_types) if layer_types else None, len(layers))
+    view = _graft(model, {adapter.layers: nn.ModuleList(layers)}, config)
+    _LayerIndexer(list(layers)).attach(view)
     return view
 
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from .adapters import get_adapter, layers_of, set_num_layers
+from .adapters import layers_of
 
 
 @dataclass(frozen=True)
@@ -91,15 +91,9 @@ def rdsc_merge(layers: list[nn.Module]) -> nn.Module:
 
 def layer_model(model: PreTrainedModel, layers: list[nn.Module]) -> PreTrainedModel:
     """`model` running these layer modules (merged ones or its own), sharing every other module with it."""
-    from .family import _graft, _install_output_hooks, _LayerIndexer
+    from .family import modules_view
 
-    adapter = get_adapter(model)
-    _install_output_hooks(model.base_model)
-    config = copy.deepcopy(model.config)
-    set_num_layers(config, None, len(layers))
-    view = _graft(model, {adapter.layers: nn.ModuleList(layers)}, config)
-    _LayerIndexer(layers).attach(view)
-    return view
+    return modules_view(model, layers)
 
 
 @torch.no_grad()
