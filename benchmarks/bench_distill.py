@@ -28,23 +28,11 @@ from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 from boomerang_lab.atomic import atomic_write_text
+from boomerang_lab.costs import SMOLLM2_135M
 from boomerang_lab.distill import DistillConfig, distill
 from boomerang_lab.losses import LossConfig
 from boomerang_lab.plan import LayerPlan
 from boomerang_lab.student import init_student
-
-SMOLLM2_135M = dict(
-    vocab_size=49152,
-    hidden_size=576,
-    intermediate_size=1536,
-    num_hidden_layers=30,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    tie_word_embeddings=True,
-    max_position_embeddings=8192,
-    rope_theta=100000.0,
-    rms_norm_eps=1e-5,
-)
 
 
 def pair(layers: int) -> tuple[LlamaForCausalLM, LlamaForCausalLM, LayerPlan]:

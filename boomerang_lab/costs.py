@@ -46,6 +46,21 @@ PAPER_SETTINGS = {
 """The profile (plan and recipe) and patch order the paper used with each teacher."""
 
 
+SMOLLM2_135M = dict(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    tie_word_embeddings=True,
+    max_position_embeddings=8192,
+    rope_theta=100000.0,
+    rms_norm_eps=1e-5,
+)
+"""SmolLM2-135M(-Instruct)'s shapes (the embedded teacher's config), for models of its size without its weights."""
+
+
 def paper_teacher_configs() -> dict[str, PretrainedConfig]:
     """The paper's teachers and SmolLM2-135M, built from their published hyperparameters (no hub access)."""
     from transformers import GPTNeoXConfig, LlamaConfig, Qwen3Config
@@ -80,15 +95,7 @@ def paper_teacher_configs() -> dict[str, PretrainedConfig]:
             head_dim=128,
             tie_word_embeddings=True,
         ),
-        "SmolLM2-135M": LlamaConfig(
-            vocab_size=49152,
-            hidden_size=576,
-            intermediate_size=1536,
-            num_hidden_layers=30,
-            num_attention_heads=9,
-            num_key_value_heads=3,
-            tie_word_embeddings=True,
-        ),
+        "SmolLM2-135M": LlamaConfig(**SMOLLM2_135M),
     }
 
 
