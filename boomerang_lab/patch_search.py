@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .adapters import layers_of
 from .atomic import atomic_write_text
-from .data import CORPUS_FILES, data_file
+from .data import CORPUS_FILES, corpus_text
 from .family import Family, OrderLike, register_order
 from .orders import Order
 from .plan import PLAN_FILE, LayerPlan
@@ -34,10 +34,11 @@ from .plan import PLAN_FILE, LayerPlan
 def calibration_set(
     tokenizer, num_sequences: int = 64, seq_len: int = 256, seed: int = 0, files: Sequence[str] = CORPUS_FILES
 ) -> torch.Tensor:
-    """[num_sequences, seq_len] token ids: random windows of training text, taking the corpus files in turn."""
+    """[num_sequences, seq_len] token ids: random windows of training text (each file's training part, never its
+    held-out tail), taking the corpus files in turn."""
     if num_sequences < 1 or seq_len < 1:
         raise ValueError(f"num_sequences and seq_len must be positive, got {num_sequences} and {seq_len}.")
-    texts = {f: data_file(f).read_text(encoding="utf-8") for f in files}
+    texts = {f: corpus_text(f) for f in files}
     rng, span, rows = random.Random(seed), 16 * (seq_len + 1), []
     for i in range(num_sequences):
         name = files[i % len(files)]

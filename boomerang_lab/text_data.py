@@ -11,7 +11,7 @@ from typing import Sequence
 from datasets import Dataset, IterableDataset, load_dataset
 from transformers import PreTrainedTokenizerBase
 
-from .data import CORPUS_FILES, DATA_DIR, data_file
+from .data import CORPUS_FILES, DATA_DIR, corpus_text, data_file
 
 EVAL_SPLIT = re.compile(r"(^|[^a-z])(test|valid|validation|val|dev|eval|evaluation)([^a-z]|$)", re.IGNORECASE)
 
@@ -37,6 +37,8 @@ def packed_blocks(
     `name`, `split`, `text_field`; streamed unless `streaming=False`). Evaluation splits and benchmark files are
     refused.
 
+    A shipped corpus file gives only its training part: its last `data.HELD_OUT_FRACTION` is held out for evaluation.
+
     `packing=False` is the paper's layout instead: one document per row, truncated to `seq_len` tokens and
     right-padded with EOS, with an "attention_mask" (0 on the padding) that `distill` also uses to ignore the padding
     in every loss term. Empty documents are dropped. A local file is one document (the shipped corpus: 8 rows), so
@@ -52,7 +54,7 @@ def packed_blocks(
         source = source[0]
     files = _local_files(source)
     if files is not None:
-        raw = load_dataset("text", data_files=[str(f) for f in files], sample_by="document", split="train")
+        raw = Dataset.from_dict({"text": [_training_text(f) for f in files]})  # one row per file
         text_field = "text"
     else:
         raw = load_dataset(str(source), name, split=split, streaming=streaming)
@@ -80,6 +82,14 @@ def packed_blocks(
     if files is not None and len(blocks) == 0:
         raise ValueError(f"{', '.join(map(str, files))} hold fewer than {seq_len} tokens: no block to train on.")
     return blocks
+
+
+def _training_text(path: Path) -> str:
+    """A local file's text; for a shipped corpus file, only its training part (its held-out tail is never trained on)."""
+    for f in CORPUS_FILES:
+        if data_file(f).resolve() == path.resolve():
+            return corpus_text(f, "train")
+    return path.read_text(encoding="utf-8")
 
 
 def _looks_like_hub_id(name: str) -> bool:
