@@ -1,5 +1,5 @@
 """Tokens/s of a distillation step at SmolLM2-135M's shapes (random weights): the Trainer path of
-boomerang_lab.distill, and a plain PyTorch loop of the same objective measured on the same card.
+boomerang_lab.distill.trainer, and a plain PyTorch loop of the same objective measured on the same card.
 
     python benchmarks/bench_distill.py --device cuda                          # both modes, 16 x 512, bf16
     python benchmarks/bench_distill.py --device cuda --mode trainer --compile  # + torch.compile (model and loss)
@@ -27,12 +27,12 @@ import torch.nn.functional as F
 from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
-from boomerang_lab.atomic import atomic_write_text
-from boomerang_lab.costs import SMOLLM2_135M
-from boomerang_lab.distill import DistillConfig, distill
-from boomerang_lab.losses import LossConfig
-from boomerang_lab.plan import LayerPlan
-from boomerang_lab.student import init_student
+from boomerang_lab.distill.losses import LossConfig
+from boomerang_lab.distill.trainer import DistillConfig, distill
+from boomerang_lab.models.plan import LayerPlan
+from boomerang_lab.models.student import init_student
+from boomerang_lab.report.costs import SMOLLM2_135M
+from boomerang_lab.store.atomic import atomic_write_text
 
 
 def pair(layers: int) -> tuple[LlamaForCausalLM, LlamaForCausalLM, LayerPlan]:

@@ -12,7 +12,7 @@ import time
 import torch
 
 from boomerang_lab import Family, LayerPlan, init_student, load_model
-from boomerang_lab.adapters import layers_of
+from boomerang_lab.models.adapters import layers_of
 
 
 def rss_mib() -> float:

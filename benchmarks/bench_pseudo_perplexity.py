@@ -12,9 +12,9 @@ import time
 import torch
 from transformers import BertConfig, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
 
+from boomerang_lab.evaluate.pairs import pair_family
 from boomerang_lab.evaluate.pseudo_perplexity import MaskTokens, pseudo_perplexity
-from boomerang_lab.models import resolve_dtype
-from boomerang_lab.pairs import pair_family
+from boomerang_lab.models.loading import resolve_dtype
 
 WIKITEXT_BERT_TOKENS = 290_000  # rough bert-base-uncased wordpiece count of WikiText-2 test (241k words)
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 
 def load(args):
-    from boomerang_lab.family import Family
-    from boomerang_lab.models import load_model, load_student
+    from boomerang_lab.family.members import Family
+    from boomerang_lab.models.loading import load_model, load_student
 
     teacher, tokenizer = load_model(args.teacher)
     student, _, plan = load_student(args.student)
@@ -88,10 +88,10 @@ def main() -> None:
     if args.worker:
         return one_size(args) if args.worker == "one" else all_sizes(args)
 
-    from boomerang_lab.adapters import layers_of
-    from boomerang_lab.models import load_model
-    from boomerang_lab.plan import LayerPlan
-    from boomerang_lab.student import init_student
+    from boomerang_lab.models.adapters import layers_of
+    from boomerang_lab.models.loading import load_model
+    from boomerang_lab.models.plan import LayerPlan
+    from boomerang_lab.models.student import init_student
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.student is None:  # the paper-plan student, undistilled: same cost as a distilled one

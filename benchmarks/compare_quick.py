@@ -19,8 +19,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from boomerang_lab.atomic import atomic_path
-from boomerang_lab.plots import save_figure
+from boomerang_lab.report.plots import save_figure
+from boomerang_lab.store.atomic import atomic_path
 
 HERE = Path(__file__).resolve().parent
 

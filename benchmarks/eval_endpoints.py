@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from boomerang_lab.adapters import layers_of
 from boomerang_lab.evaluate import LOCAL_TASKS, PPL_TASK, PerplexityConfig, sweep
-from boomerang_lab.models import load_model
-from boomerang_lab.plan import LayerPlan
+from boomerang_lab.models.adapters import layers_of
+from boomerang_lab.models.loading import load_model
+from boomerang_lab.models.plan import LayerPlan
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ def run(out: Path, kill_stage: str | None = None, kill_step: int = 0, recipe: st
     from transformers import TrainerCallback
 
     from boomerang_lab import LayerPlan, init_student, load_model
-    from boomerang_lab.distill import distill, profile
+    from boomerang_lab.distill.trainer import distill, profile
     from boomerang_lab.text_data import packed_blocks
 
     class Kill(TrainerCallback):

@@ -74,7 +74,7 @@ def log(message: str, path: Path) -> None:
 
 def scaled_profile(name: str, multiple: int):
     """The profile with its step counts (local and global) multiplied by `multiple`."""
-    from boomerang_lab.profiles import get
+    from boomerang_lab.config.profiles import get
 
     base = get(name)
     d = base.distill
@@ -93,11 +93,11 @@ def direct_dir(runs: Path, layers: int, multiple: int) -> Path:
 
 
 def distill_family(profile, teacher, tokenizer, plan, out: Path, logfile: Path) -> None:
-    from boomerang_lab.distill import distill, finished
-    from boomerang_lab.distill import profile as distill_profile
-    from boomerang_lab.locks import folder_lock
-    from boomerang_lab.stages import search_orders
-    from boomerang_lab.student import init_student
+    from boomerang_lab.distill.trainer import distill, finished
+    from boomerang_lab.distill.trainer import profile as distill_profile
+    from boomerang_lab.models.student import init_student
+    from boomerang_lab.store.locks import folder_lock
+    from boomerang_lab.study.stages import search_orders
     from boomerang_lab.text_data import packed_blocks
 
     config = distill_profile(profile, output_dir=str(out))
@@ -113,10 +113,10 @@ def distill_family(profile, teacher, tokenizer, plan, out: Path, logfile: Path) 
 
 
 def distill_direct(profile, teacher, tokenizer, plan, layers: int, family_student: Path, out: Path, logfile) -> None:
-    from boomerang_lab.direct import direct_student, size_for_layers
-    from boomerang_lab.family import Family
-    from boomerang_lab.models import load_student
-    from boomerang_lab.orders import Order
+    from boomerang_lab.evaluate.direct import direct_student, size_for_layers
+    from boomerang_lab.family.members import Family
+    from boomerang_lab.family.orders import Order
+    from boomerang_lab.models.loading import load_student
 
     order_file = family_student / "order_klpatch.json"
     while not order_file.is_file():
@@ -137,7 +137,7 @@ def distill_direct(profile, teacher, tokenizer, plan, layers: int, family_studen
 
 
 def cmd_distill(args) -> None:
-    from boomerang_lab.models import load_model
+    from boomerang_lab.models.loading import load_model
 
     torch.set_num_threads(args.threads)
     runs = Path(args.runs)

@@ -1,13 +1,12 @@
 """Figure 4 on this CPU: family members against students distilled directly at their own size (issue 18).
 
-The paper (its Figure 4) distils a student at each intermediate size and finds the zero-shot members of the
-boomerang family "comparable at small sizes and better at large ones". This study does the same with the quick
-profile: the main job's student and plan (16 of SmolLM2-135M's 30 layers), one patch order (a flag, recorded in the
-csv), and direct students (`boomerang_lab.direct.direct_student`) at 3 sizes spread over the range plus a second seed
-at one size, each initialised with the member's teacher layers and trained with the quick recipe (96 local + 64
-global steps of 4 x 128 tokens, the same tokens and steps as the family's student). Every model is evaluated like the
-main job: WikiText-2 test token perplexity (first 4,096 tokens, bf16 autocast) and LAMBADA (lambada_openai_local,
-64 examples).
+The paper (its Figure 4) distils a student at each intermediate size and finds the zero-shot members of the boomerang
+family "comparable at small sizes and better at large ones". This study does the same with the quick profile: the main
+job's student and plan (16 of SmolLM2-135M's 30 layers), one patch order (a flag, recorded in the csv), and direct
+students (`boomerang_lab.evaluate.direct.direct_student`) at 3 sizes spread over the range plus a second seed at one
+size, each initialised with the member's teacher layers and trained with the quick recipe (96 local + 64 global steps of
+4 x 128 tokens, the same tokens and steps as the family's student). Every model is evaluated like the main job:
+WikiText-2 test token perplexity (first 4,096 tokens, bf16 autocast) and LAMBADA (lambada_openai_local, 64 examples).
 
 Criterion, stated before the runs (2026-12-02, 10:00 UTC):
 - A member "matches" the direct student of its size when its WikiText-2 token perplexity is within the seed-to-seed
@@ -40,7 +39,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from boomerang_lab.atomic import atomic_path, atomic_write_text
+from boomerang_lab.store.atomic import atomic_path, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "figure4_cpu.csv"
@@ -106,8 +105,8 @@ def evaluate(model, tokenizer, task: str, sweep_config) -> pd.DataFrame:
 
 
 def draw(table: pd.DataFrame, args, plan) -> None:
-    from boomerang_lab.comparisons import figure4
-    from boomerang_lab.plots import save_figure
+    from boomerang_lab.report.comparisons import figure4
+    from boomerang_lab.report.plots import save_figure
 
     title = f"Members vs students distilled at their own size ({args.profile} recipe, {args.order} order, this CPU)"
     fig = figure4(table, args.order, plan.num_teacher_layers, plan.num_student_layers, title)
@@ -136,13 +135,13 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    from boomerang_lab.comparisons import verdict
-    from boomerang_lab.direct import direct_student, resolve_order, size_for_layers
-    from boomerang_lab.distill import profile as distill_profile
+    from boomerang_lab.config.profiles import get
+    from boomerang_lab.distill.trainer import profile as distill_profile
+    from boomerang_lab.evaluate.direct import direct_student, resolve_order, size_for_layers
     from boomerang_lab.evaluate.sweep import SweepConfig
-    from boomerang_lab.family import Family
-    from boomerang_lab.models import load_model, load_student
-    from boomerang_lab.profiles import get
+    from boomerang_lab.family.members import Family
+    from boomerang_lab.models.loading import load_model, load_student
+    from boomerang_lab.report.comparisons import verdict
 
     runs, results, logfile = Path(args.runs), Path(args.results), Path(args.log)
     runs.mkdir(parents=True, exist_ok=True)
@@ -224,8 +223,8 @@ def main() -> None:
         return
     if args.laco:
         from boomerang_lab.evaluate.baselines import laco_pruning
-        from boomerang_lab.laco import LaCoConfig
-        from boomerang_lab.patch_search import calibration_set
+        from boomerang_lab.evaluate.laco import LaCoConfig
+        from boomerang_lab.family.search import calibration_set
 
         laco_config = LaCoConfig()
         calibration = calibration_set(tokenizer, laco_config.sentences, laco_config.tokens)

@@ -46,13 +46,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study_quick import ppl, valid_text  # noqa: E402  (the seed and recipe studies' validation text and metric)
 
 from boomerang_lab import Family, load_model  # noqa: E402
-from boomerang_lab.adapters import layers_of  # noqa: E402
-from boomerang_lab.atomic import atomic_write_text  # noqa: E402
-from boomerang_lab.curves import curve_quality  # noqa: E402
 from boomerang_lab.evaluate import PerplexityConfig  # noqa: E402
-from boomerang_lab.models import load_student  # noqa: E402
-from boomerang_lab.orders import Order  # noqa: E402
-from boomerang_lab.patch_search import SearchConfig, klpatch  # noqa: E402
+from boomerang_lab.family.orders import Order  # noqa: E402
+from boomerang_lab.family.search import SearchConfig, klpatch  # noqa: E402
+from boomerang_lab.models.adapters import layers_of  # noqa: E402
+from boomerang_lab.models.loading import load_student  # noqa: E402
+from boomerang_lab.report.curves import curve_quality  # noqa: E402
+from boomerang_lab.store.atomic import atomic_write_text  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CANDIDATES = {

@@ -1,20 +1,17 @@
 """Issue 6 study: which patch order, and which distillation recipe, give the smoothest size–quality curve.
 
-For each recipe variant, distil a student of the teacher (`boomerang_lab.distill`, the profile's settings), search
-the klpatch and optimal orders on the calibration set (64 windows of training text), and measure the wikitext-2 test
-perplexity of every size of every order (last, first, klpatch, optimal). Writes under --out (6 files), rewritten
-after each variant so that an interrupted run keeps what it finished:
-  orders_ppl.csv      variant, order, k, layers, params, ppl (token perplexity, boomerang_lab.evaluate.perplexity),
-                      word_ppl, kl (mean calibration KL to the teacher): one row per size
-  curve_quality.csv   per variant and order: violations, worst_violation, area, signed_area of ppl against layers
-                      (boomerang_lab.curves; layers, not params: members mixing the student's embeddings with the
-                      teacher's tied head hold both matrices, so params is not monotone in k), kl_objective
-  orders.json         per variant: the plan, the orders (student layers patched at each size), seconds per stage
-  orders_ppl.png      ppl and KL against layers, one panel per variant, one line per order
-  distill_log.csv     the distillation loss terms per step, per variant
-  study.json          the settings of this run
-Students are kept in --work/<variant> and reused while their recipe is unchanged (another recipe there is an error;
---retrain distils again).
+For each recipe variant, distil a student of the teacher (`boomerang_lab.distill.trainer`, the profile's settings),
+search the klpatch and optimal orders on the calibration set (64 windows of training text), and measure the wikitext-2
+test perplexity of every size of every order (last, first, klpatch, optimal). Writes under --out (6 files), rewritten
+after each variant so that an interrupted run keeps what it finished: orders_ppl.csv      variant, order, k, layers,
+params, ppl (token perplexity, boomerang_lab.evaluate.perplexity), word_ppl, kl (mean calibration KL to the teacher):
+one row per size curve_quality.csv   per variant and order: violations, worst_violation, area, signed_area of ppl
+against layers (boomerang_lab.report.curves; layers, not params: members mixing the student's embeddings with the
+teacher's tied head hold both matrices, so params is not monotone in k), kl_objective orders.json         per variant:
+the plan, the orders (student layers patched at each size), seconds per stage orders_ppl.png      ppl and KL against
+layers, one panel per variant, one line per order distill_log.csv     the distillation loss terms per step, per variant
+study.json          the settings of this run Students are kept in --work/<variant> and reused while their recipe is
+unchanged (another recipe there is an error; --retrain distils again).
 
     python benchmarks/study_orders.py --profile smoke --device cpu --out /tmp/study_orders   # tiny: ~1 min on 2 cores
     python benchmarks/study_orders.py --profile quick --device cuda --out results/study_orders --max-eval-tokens 65536
@@ -36,17 +33,17 @@ import torch
 from tqdm.auto import tqdm
 
 from boomerang_lab import Family, LayerPlan, curve_quality, init_student, load_model
-from boomerang_lab.adapters import layers_of
-from boomerang_lab.atomic import atomic_write_text
-from boomerang_lab.curves import order_curves
-from boomerang_lab.distill import LOG_FILE, distill, finished
-from boomerang_lab.distill import profile as distill_profile
+from boomerang_lab.config.profiles import PROFILES
+from boomerang_lab.distill.losses import LossConfig
+from boomerang_lab.distill.trainer import LOG_FILE, distill, finished
+from boomerang_lab.distill.trainer import profile as distill_profile
 from boomerang_lab.evaluate import PerplexityConfig, perplexity, wikitext_text
-from boomerang_lab.losses import LossConfig
-from boomerang_lab.models import cache_dir, load_student
-from boomerang_lab.patch_search import calibration_set, objective, order_kl, search
-from boomerang_lab.plots import save_figure
-from boomerang_lab.profiles import PROFILES
+from boomerang_lab.family.search import calibration_set, objective, order_kl, search
+from boomerang_lab.models.adapters import layers_of
+from boomerang_lab.models.loading import cache_dir, load_student
+from boomerang_lab.report.curves import order_curves
+from boomerang_lab.report.plots import save_figure
+from boomerang_lab.store.atomic import atomic_write_text
 from boomerang_lab.text_data import packed_blocks
 
 ORDERS = ("last", "first", "klpatch", "optimal")

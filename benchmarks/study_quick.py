@@ -24,7 +24,7 @@ PLAN CHECK (stated 2026-12-02, before its run): the paper's Llama plan (--keep-f
   the default plan's `local` order on seed 0 (8 of 13), with no more monotonicity violations (1). One seed: a hint,
   and a change of the default would need the seed check's two more seeds first.
 
-Each variant distils a SmolLM2-135M student (`boomerang_lab.distill`, local stage optional), then measures every
+Each variant distils a SmolLM2-135M student (`boomerang_lab.distill.trainer`, local stage optional), then measures every
 size of each order. Results are appended to --out/variants.csv (one row per variant x order x size) and
 --out/baselines.csv; students are kept under --work/<variant> and reused.
 
@@ -46,18 +46,18 @@ import pandas as pd
 import torch
 
 from boomerang_lab import Family, LayerPlan, init_student, load_model
-from boomerang_lab.adapters import layers_of
-from boomerang_lab.atomic import atomic_write_text
-from boomerang_lab.blockwise import block_errors
-from boomerang_lab.curves import curve_quality
 from boomerang_lab.data import data_file
-from boomerang_lab.distill import distill
-from boomerang_lab.distill import profile as distill_profile
+from boomerang_lab.distill.local import block_errors
+from boomerang_lab.distill.trainer import distill
+from boomerang_lab.distill.trainer import profile as distill_profile
 from boomerang_lab.evaluate import PerplexityConfig, perplexity, wikitext_text
 from boomerang_lab.evaluate.baselines import block_influence, naive_pruning, shortgpt
-from boomerang_lab.models import load_student
-from boomerang_lab.orders import Order
-from boomerang_lab.patch_search import calibration_set, search
+from boomerang_lab.family.orders import Order
+from boomerang_lab.family.search import calibration_set, search
+from boomerang_lab.models.adapters import layers_of
+from boomerang_lab.models.loading import load_student
+from boomerang_lab.report.curves import curve_quality
+from boomerang_lab.store.atomic import atomic_write_text
 from boomerang_lab.text_data import packed_blocks
 
 HERE = Path(__file__).resolve().parent

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from boomerang_lab.atomic import atomic_write_text
+from boomerang_lab.store.atomic import atomic_write_text
 
 OUT = Path(__file__).resolve().parent / "results" / "study_quick_cpu"
 RECIPES = {"A": "A_l96_g64", "B": "B_g128"}  # variant names; seed s > 0 adds "_s<s>"

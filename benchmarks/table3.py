@@ -1,7 +1,7 @@
 """Table 3 on this machine: what one student and its zero-shot family cost against distilling every intermediate size
 directly with the same budget (issue 18).
 
-Training FLOPs come from `boomerang_lab.costs` (its docstring states the per-token formula): the paper's three
+Training FLOPs come from `boomerang_lab.report.costs` (its docstring states the per-token formula): the paper's three
 teachers with the paper's plans, recipe and orders, and SmolLM2-135M with the profile given here (the quick recipe,
 by default). Seconds are measured: the direct students' distillation times in `figure4_cpu.csv`
 (benchmarks/study_figure4.py, one thread of this shared 2-core CPU), extrapolated to every intermediate size and to
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from boomerang_lab.atomic import atomic_path
-from boomerang_lab.costs import paper_table3, paper_teacher_configs, table3, table3_measured
+from boomerang_lab.report.costs import paper_table3, paper_teacher_configs, table3, table3_measured
+from boomerang_lab.store.atomic import atomic_path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

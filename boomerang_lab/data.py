@@ -21,7 +21,8 @@ CORPUS_FILES = (
 
 HELD_OUT_FRACTION = 0.02
 """The last 2 % of each corpus file (cut at the next line break) is held out: no training run, calibration window or
-settings choice reads it; it is the kit's in-corpus evaluation text (`corpus_text(f, "held_out")`, `held_out_text()`)."""
+settings choice reads it; it is the kit's in-corpus evaluation text (`corpus_text(f, "held_out")`,
+`held_out_text()`)."""
 
 WIKITEXT_TEST = "wikitext-2/wiki.test.raw"
 """WikiText-2 raw test (byte-exact original): the fast perplexity, lm-eval's wikitext_local, alignment, pseudo-ppl."""

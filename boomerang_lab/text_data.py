@@ -85,7 +85,7 @@ def packed_blocks(
 
 
 def _training_text(path: Path) -> str:
-    """A local file's text; for a shipped corpus file, only its training part (its held-out tail is never trained on)."""
+    """A local file's text; for a shipped corpus file only its training part (its held-out tail is never trained on)."""
     for f in CORPUS_FILES:
         if data_file(f).resolve() == path.resolve():
             return corpus_text(f, "train")

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from boomerang_lab import LayerPlan, init_student, load_model
-from boomerang_lab.alignment import layer_alignment, token_batch
+from boomerang_lab.evaluate.alignment import layer_alignment, token_batch
 from tiny import VOCAB, perturb, tiny_model
 
 

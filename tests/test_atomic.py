@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from boomerang_lab.atomic import atomic_dir, atomic_path, atomic_write_text
+from boomerang_lab.store.atomic import atomic_dir, atomic_path, atomic_write_text
 
 
 def mode(path) -> int:

@@ -13,11 +13,11 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from boomerang_lab.adapters import get_adapter, layers_of
-from boomerang_lab.blockwise import block_errors, local_loss, only_train, restore_grad, teacher_block_states
-from boomerang_lab.distill import LOG_FILE, DistillConfig, distill, profile
-from boomerang_lab.plan import LayerPlan
-from boomerang_lab.student import init_student
+from boomerang_lab.distill.local import block_errors, local_loss, only_train, restore_grad, teacher_block_states
+from boomerang_lab.distill.trainer import LOG_FILE, DistillConfig, distill, profile
+from boomerang_lab.models.adapters import get_adapter, layers_of
+from boomerang_lab.models.plan import LayerPlan
+from boomerang_lab.models.student import init_student
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny import VOCAB, tiny_model  # noqa: E402
@@ -54,7 +54,7 @@ def direct_token_terms(teacher, student, plan, ids):
     """Per (trained layer, sequence, token): nmse and 1 - cos of each multi-layer student layer against the end of its
     block, computed without blockwise code. Each student layer runs in a member of the family whose other blocks are
     the teacher's: its output there is the student layer's output in the teacher's context."""
-    from boomerang_lab.family import Family
+    from boomerang_lab.family.members import Family
 
     family = Family(teacher, student, plan)
     t_in, t_out = direct_states(teacher, ids)
@@ -244,7 +244,7 @@ def test_each_stage_resumes_after_kill_9_to_the_same_student(tmp_path, capsys, s
         code = f"from test_blockwise import *; staged_run(Path({str(tmp_path / 'cut')!r}), [KillAt({stage!r}, {step})])"
     else:  # killed right after the local stage finished, before the global stage saved anything
         code = (
-            f"from test_blockwise import *; from boomerang_lab import distill as d; "
+            f"from test_blockwise import *; from boomerang_lab.distill import trainer as d; "
             f"d.DistillTrainer.train = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL); "
             f"staged_run(Path({str(tmp_path / 'cut')!r}))"
         )
@@ -292,8 +292,8 @@ def test_bad_stage_settings_are_clear_errors(tmp_path):
 
 
 def test_the_local_order_patches_the_worst_fitting_blocks_first():
-    from boomerang_lab.blockwise import local_order
-    from boomerang_lab.family import Family
+    from boomerang_lab.distill.local import local_order
+    from boomerang_lab.family.members import Family
 
     teacher = tiny_model("llama")
     student = init_student(teacher, PLAN)
@@ -312,8 +312,8 @@ def test_the_local_order_patches_the_worst_fitting_blocks_first():
 
 
 def test_the_cli_runs_the_local_stage(tmp_path):
-    from boomerang_lab.cli import main
     from boomerang_lab.data import data_file
+    from boomerang_lab.study.cli import main
 
     out = tmp_path / "student"
     main(["distill", "--profile", "smoke", "--out", str(out), "--local-steps", "2", "--max-steps", "2",

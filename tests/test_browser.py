@@ -30,10 +30,10 @@ from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
 from boomerang_lab import LayerPlan, init_student, load_model
-from boomerang_lab.adapters import layers_of
 from boomerang_lab.evaluate import SweepConfig, sweep
-from boomerang_lab.models import TINY
-from boomerang_lab.pipeline import NOTEBOOK_DIR, ROOT
+from boomerang_lab.models.adapters import layers_of
+from boomerang_lab.models.loading import TINY
+from boomerang_lab.study.pipeline import NOTEBOOK_DIR, ROOT
 from tiny import perturb
 
 CHROMIUM = os.environ.get("BOOMERANG_CHROMIUM", "/usr/bin/chromium")

@@ -1,6 +1,6 @@
 import pytest
 
-from boomerang_lab.cli import main
+from boomerang_lab.study.cli import main
 
 
 def test_sizes_prints_the_family_table(capsys):

@@ -4,7 +4,7 @@ import matplotlib
 import pandas as pd
 import pytest
 
-from boomerang_lab.comparisons import figure4, headline, seed_spread, verdict
+from boomerang_lab.report.comparisons import figure4, headline, seed_spread, verdict
 
 matplotlib.use("Agg")
 

@@ -3,7 +3,9 @@
 import pandas as pd
 import pytest
 
-from boomerang_lab.costs import (
+from boomerang_lab.distill.trainer import DistillConfig
+from boomerang_lab.models.plan import LayerPlan
+from boomerang_lab.report.costs import (
     PAPER_TABLE3,
     Shape,
     extrapolate_seconds,
@@ -12,8 +14,6 @@ from boomerang_lab.costs import (
     run_flops,
     table3_measured,
 )
-from boomerang_lab.distill import DistillConfig
-from boomerang_lab.plan import LayerPlan
 from tiny import tiny_config, tiny_model
 
 SEQ = 16

@@ -13,13 +13,13 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from boomerang_lab.atomic import DiskFull
-from boomerang_lab.distill import distill, profile
+from boomerang_lab.distill.trainer import distill, profile
 from boomerang_lab.evaluate.sweep import COLUMNS, append_results, read_results
-from boomerang_lab.manifest import MANIFEST, DamagedFile, problem
-from boomerang_lab.models import load_student
-from boomerang_lab.plan import LayerPlan
-from boomerang_lab.student import init_student
+from boomerang_lab.models.loading import load_student
+from boomerang_lab.models.plan import LayerPlan
+from boomerang_lab.models.student import init_student
+from boomerang_lab.store.atomic import DiskFull
+from boomerang_lab.store.manifest import MANIFEST, DamagedFile, problem
 from tiny import VOCAB, tiny_model
 
 

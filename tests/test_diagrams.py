@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from boomerang_lab import Family, LayerPlan, init_student
-from boomerang_lab.adapters import layers_of
-from boomerang_lab.diagrams import composition, exactness_checks, family_diagram, plan_diagram
+from boomerang_lab.models.adapters import layers_of
+from boomerang_lab.report.diagrams import composition, exactness_checks, family_diagram, plan_diagram
 from tiny import perturb, tiny_model
 
 matplotlib.use("Agg")
@@ -77,7 +77,7 @@ def test_diagrams_draw(family, tmp_path):
 def test_save_figure_without_a_folder_only_closes(tmp_path):
     import matplotlib.pyplot as plt
 
-    from boomerang_lab.plots import save_figure
+    from boomerang_lab.report.plots import save_figure
 
     fig = plan_diagram(LayerPlan.paper(8))
     assert save_figure(fig, None, "plan") == [] and not plt.fignum_exists(fig.number)
@@ -85,7 +85,7 @@ def test_save_figure_without_a_folder_only_closes(tmp_path):
 
 
 def test_plan_table_and_method_comparison():
-    from boomerang_lab.diagrams import method_comparison, plan_table
+    from boomerang_lab.report.diagrams import method_comparison, plan_table
 
     table = plan_table(LayerPlan.paper(8))  # kept 0, 2, 4, 6, 7
     assert list(table["copied from teacher layer"]) == [0, 2, 4, 6, 7]

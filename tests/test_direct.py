@@ -6,10 +6,9 @@ import pytest
 import torch
 from datasets import Dataset
 
-import boomerang_lab.distill as distill_module
-from boomerang_lab.cli import main
+import boomerang_lab.distill.trainer as distill_module
 from boomerang_lab.data import data_file
-from boomerang_lab.direct import (
+from boomerang_lab.evaluate.direct import (
     DIRECT_FILE,
     direct_plan,
     direct_student,
@@ -18,10 +17,11 @@ from boomerang_lab.direct import (
     resolve_order,
     size_for_layers,
 )
-from boomerang_lab.family import Family
-from boomerang_lab.orders import Order
-from boomerang_lab.plan import LayerPlan
-from boomerang_lab.student import init_student
+from boomerang_lab.family.members import Family
+from boomerang_lab.family.orders import Order
+from boomerang_lab.models.plan import LayerPlan
+from boomerang_lab.models.student import init_student
+from boomerang_lab.study.cli import main
 from tiny import VOCAB, perturb, tiny_model
 
 PLANS = {"default": LayerPlan.paper(8), "keep_first_2": LayerPlan.paper(8, keep_first=2, keep_last=1)}

@@ -17,14 +17,14 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from boomerang_lab.adapters import get_adapter
-from boomerang_lab.cli import main
 from boomerang_lab.data import data_file
-from boomerang_lab.distill import LOG_FILE, _last_checkpoint, distill, profile, run_name
-from boomerang_lab.losses import LossConfig
-from boomerang_lab.models import load_model, load_student
-from boomerang_lab.plan import LayerPlan
-from boomerang_lab.student import init_student
+from boomerang_lab.distill.losses import LossConfig
+from boomerang_lab.distill.trainer import LOG_FILE, _last_checkpoint, distill, profile, run_name
+from boomerang_lab.models.adapters import get_adapter
+from boomerang_lab.models.loading import load_model, load_student
+from boomerang_lab.models.plan import LayerPlan
+from boomerang_lab.models.student import init_student
+from boomerang_lab.study.cli import main
 from tiny import VOCAB, tiny_model
 
 TERMS = ["loss", "ce", "kl", "cos"]

@@ -12,9 +12,7 @@ import torch
 from torch import nn
 
 from boomerang_lab import Family, LayerPlan, init_student
-from boomerang_lab.adapters import get_adapter, layers_of, set_num_layers
-from boomerang_lab.cli import main
-from boomerang_lab.distill import CONFIG_FILE, profile, run_name
+from boomerang_lab.distill.trainer import CONFIG_FILE, profile, run_name
 from boomerang_lab.evaluate import (
     LOCAL_TASKS,
     PPL_TASK,
@@ -32,7 +30,9 @@ from boomerang_lab.evaluate import (
 from boomerang_lab.evaluate.baselines import naive_layers
 from boomerang_lab.evaluate.lm_eval import manager_for
 from boomerang_lab.evaluate.tasks import utils as task_data
-from boomerang_lab.models import load_model
+from boomerang_lab.models.adapters import get_adapter, layers_of, set_num_layers
+from boomerang_lab.models.loading import load_model
+from boomerang_lab.study.cli import main
 from tiny import ARCHS, VOCAB, perturb, tiny_model
 
 sweep_module = importlib.import_module("boomerang_lab.evaluate.sweep")  # the package exports the function `sweep`

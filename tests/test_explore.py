@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from boomerang_lab import Family, LayerPlan, Order, init_student, load_model
-from boomerang_lab import family as family_module
-from boomerang_lab.adapters import layers_of
-from boomerang_lab.explore import explore
-from boomerang_lab.speed import SpeedCache, ms_per_token
+from boomerang_lab.family import members as family_module
+from boomerang_lab.family.speed import SpeedCache, ms_per_token
+from boomerang_lab.models.adapters import layers_of
+from boomerang_lab.report.explore import explore
 from tiny import perturb, tiny_model
 
 

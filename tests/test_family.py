@@ -8,7 +8,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from boomerang_lab import Family, LayerPlan, Order, init_student
-from boomerang_lab.adapters import get_adapter, layers_of
+from boomerang_lab.models.adapters import get_adapter, layers_of
 from tiny import ARCHS, VOCAB, perturb, tiny_model
 
 LAYERS = 8

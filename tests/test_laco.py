@@ -5,7 +5,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from boomerang_lab.evaluate.baselines import laco_pruning
-from boomerang_lab.laco import LaCoConfig, laco, merged_names, rdsc_merge
+from boomerang_lab.evaluate.laco import LaCoConfig, laco, merged_names, rdsc_merge
 from tiny import VOCAB, tiny_config, tiny_model
 
 CALIBRATION = torch.randint(0, VOCAB, (3, 12), generator=torch.Generator().manual_seed(0))
@@ -76,9 +76,9 @@ def test_laco_pruning_baseline_shares_unmerged_layers_with_the_teacher():
 
 def test_sweep_method_laco_evaluates_laco_at_each_sizes_layer_count(tmp_path):
     from boomerang_lab.evaluate import PerplexityConfig, perplexity, sweep
-    from boomerang_lab.models import load_model
-    from boomerang_lab.patch_search import calibration_set
-    from boomerang_lab.plan import LayerPlan
+    from boomerang_lab.family.search import calibration_set
+    from boomerang_lab.models.loading import load_model
+    from boomerang_lab.models.plan import LayerPlan
 
     teacher, tok = load_model("smollm2-tiny-random")
     ppl = PerplexityConfig(window=64, stride=64, max_tokens=128)

@@ -17,13 +17,13 @@ import pytest
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parent.parent
-if __name__ == "__main__":  # a worker: boomerang_lab.locks without the package's torch imports (seconds less)
+if __name__ == "__main__":  # a worker: boomerang_lab.store.locks without the package's torch imports (seconds less)
     import types
 
     sys.modules["boomerang_lab"] = types.ModuleType("boomerang_lab")
     sys.modules["boomerang_lab"].__path__ = [str(ROOT / "boomerang_lab")]
 
-from boomerang_lab.locks import FolderBusy, folder_lock, holder, lock_file  # noqa: E402
+from boomerang_lab.store.locks import FolderBusy, folder_lock, holder, lock_file  # noqa: E402
 
 
 def worker(*args: str) -> subprocess.Popen:
@@ -102,7 +102,7 @@ def test_a_second_boomerang_run_stops_at_once_with_one_line(tmp_path):
     try:
         wait_for(lambda: holder(out / "results.csv") is not None, proc)
         start = time.monotonic()
-        from boomerang_lab.cli import main
+        from boomerang_lab.study.cli import main
 
         with pytest.raises(SystemExit) as err:
             main(["run", "--profile", "smoke", "--out", str(out)])
@@ -152,9 +152,9 @@ def tiny_distill(out: Path, slow: float = 0.0):
     from datasets import Dataset
     from transformers import TrainerCallback
 
-    from boomerang_lab.distill import distill, profile
-    from boomerang_lab.plan import LayerPlan
-    from boomerang_lab.student import init_student
+    from boomerang_lab.distill.trainer import distill, profile
+    from boomerang_lab.models.plan import LayerPlan
+    from boomerang_lab.models.student import init_student
     from tiny import VOCAB, tiny_model
 
     class Slow(TrainerCallback):

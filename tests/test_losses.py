@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from boomerang_lab.losses import IGNORE, LossConfig, distill_loss
-from boomerang_lab.plan import LayerPlan
+from boomerang_lab.distill.losses import IGNORE, LossConfig, distill_loss
+from boomerang_lab.models.plan import LayerPlan
 
 B, S, H, V = 2, 7, 6, 11
 PLAN = LayerPlan.paper(8)

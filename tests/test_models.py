@@ -1,7 +1,7 @@
 import pytest
 
 from boomerang_lab.data import data_file
-from boomerang_lab.models import load_model, resolve_dtype
+from boomerang_lab.models.loading import load_model, resolve_dtype
 
 
 def test_unknown_model_is_a_clear_error():

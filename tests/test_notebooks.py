@@ -11,10 +11,10 @@ import papermill
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from boomerang_lab import pipeline
-from boomerang_lab.cli import main
-from boomerang_lab.pipeline import NOTEBOOK_DIR, PIPELINE, PipelineError, RunConfig, run
-from boomerang_lab.publish import WIDGET_NOTE, problems, publish
+from boomerang_lab.study import pipeline
+from boomerang_lab.study.cli import main
+from boomerang_lab.study.pipeline import NOTEBOOK_DIR, PIPELINE, PipelineError, RunConfig, run
+from boomerang_lab.study.publish import WIDGET_NOTE, problems, publish
 
 NOTEBOOKS = sorted(p.stem for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 FIGURES = ("size_curves", "perplexity_vs_size", "loss_curves", "alignment", "07_orders", "07_orders_run")

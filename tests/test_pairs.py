@@ -17,10 +17,10 @@ from transformers import (
 )
 
 from boomerang_lab import Family, LayerPlan, init_student
-from boomerang_lab.adapters import layers_of
-from boomerang_lab.bridges import as_teacher_class
+from boomerang_lab.evaluate.pairs import BYTE_TOKENS, BYTE_VOCAB, DISTIL_KEPT, load_pair, pair_family, tiny_pair
 from boomerang_lab.evaluate.pseudo_perplexity import MaskTokens, family_pseudo_perplexity, pseudo_perplexity
-from boomerang_lab.pairs import BYTE_TOKENS, BYTE_VOCAB, DISTIL_KEPT, load_pair, pair_family, tiny_pair
+from boomerang_lab.models.adapters import layers_of
+from boomerang_lab.models.bridges import as_teacher_class
 
 ORDERS = ["last", "first", [2, 0], [[1, 4], 3, 5]]
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, BertConfig, BertForMaskedLM
 
-from boomerang_lab import Family, LayerPlan, Order, curve_quality, init_student, patch_search
-from boomerang_lab.adapters import layers_of
+from boomerang_lab import Family, LayerPlan, Order, curve_quality, init_student
 from boomerang_lab.data import CORPUS_FILES, data_file
-from boomerang_lab.patch_search import (
+from boomerang_lab.family import search as patch_search
+from boomerang_lab.family.search import (
     brute_force,
     calibration_set,
     klpatch,
@@ -28,6 +28,7 @@ from boomerang_lab.patch_search import (
     shortest_path,
     subset_kl,
 )
+from boomerang_lab.models.adapters import layers_of
 from tiny import ARCHS, VOCAB, perturb, tiny_model
 
 IRREGULAR = LayerPlan.from_kept((0, 1, 4, 5, 7, 9), 10)
@@ -425,7 +426,8 @@ def test_notebook_source_has_a_parameters_cell():  # its outputs, if any, are th
 def test_notebook_01s_stage_searches_the_profiles_order_once_and_saves_it(tmp_path, monkeypatch, capsys):
     """`stages.search_orders` searches the profile's klpatch with the profile's settings and saves it next to the
     student; a second call (notebook 02 onwards, another process) reads it back without searching."""
-    from boomerang_lab import profiles, stages
+    from boomerang_lab.config import profiles
+    from boomerang_lab.study import stages
 
     teacher = tiny_model("llama", 8)
     plan = LayerPlan.paper(8)
@@ -436,7 +438,7 @@ def test_notebook_01s_stage_searches_the_profiles_order_once_and_saves_it(tmp_pa
         patch_search.SearchConfig, "calibration", lambda self, tok: ids(self.num_sequences, self.seq_len, self.seed)
     )
     monkeypatch.setattr(  # the tiny student has no tokenizer files: load the model and plan alone
-        "boomerang_lab.models.load_student",
+        "boomerang_lab.models.loading.load_student",
         lambda path, device=None: (AutoModelForCausalLM.from_pretrained(path).eval(), None, LayerPlan.load(path)),
     )
     profile = profiles.get("smoke", pipeline={"orders": ["klpatch"], "search": {"num_sequences": 3, "seq_len": 8}})

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from boomerang_lab import plots
+from boomerang_lab.report import plots
 
 K = 4
 PARAMS = [10e6, 20e6, 30e6, 40e6, 50e6]

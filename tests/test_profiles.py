@@ -15,18 +15,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from boomerang_lab import distill as distill_module
 from boomerang_lab import evaluate as evaluate_module
-from boomerang_lab import pipeline, profiles
-from boomerang_lab.cli import build_parser, main
+from boomerang_lab.config import evaluate as evaluate_profiles
+from boomerang_lab.config import profiles
+from boomerang_lab.config.profiles import PROFILES, Profile, ProfileError, flatten
 from boomerang_lab.data import WIKITEXT_TEST, data_file
+from boomerang_lab.distill import trainer as distill_module
 from boomerang_lab.evaluate import LOCAL_TASKS, PPL_TASK, SweepConfig
-from boomerang_lab.evaluate import profiles as evaluate_profiles
-from boomerang_lab.family import ORDERS, Family, register_order
-from boomerang_lab.orders import Order
-from boomerang_lab.plan import LayerPlan
-from boomerang_lab.profiles import PROFILES, Profile, ProfileError, flatten
-from boomerang_lab.student import init_student
+from boomerang_lab.family.members import ORDERS, Family, register_order
+from boomerang_lab.family.orders import Order
+from boomerang_lab.models.plan import LayerPlan
+from boomerang_lab.models.student import init_student
+from boomerang_lab.study import pipeline
+from boomerang_lab.study.cli import build_parser, main
 from tiny import perturb, tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -284,7 +285,7 @@ def test_help_shows_the_fields_help(capsys):
 
 
 def test_distill_flags_change_the_profiles_fields():
-    from boomerang_lab.cli import _field_overrides
+    from boomerang_lab.study.cli import _field_overrides
 
     args = build_parser().parse_args(
         [
@@ -334,7 +335,7 @@ def test_run_and_sweep_read_a_profile_file(tmp_path):
 
 # --- packing=False: the paper's one document per sequence ---------------------------------------------------------
 def test_unpacked_rows_are_one_padded_document_each(tmp_path):
-    from boomerang_lab.models import load_model
+    from boomerang_lab.models.loading import load_model
     from boomerang_lab.text_data import packed_blocks
 
     _, tokenizer = load_model("smollm2-tiny-random")
@@ -357,8 +358,8 @@ def test_distill_ignores_the_padding_of_unpacked_rows(tmp_path):
     """The padded tail changes no loss term: a row and the same row with other padding tokens train the same."""
     from datasets import Dataset
 
-    from boomerang_lab.distill import DistillTrainer
-    from boomerang_lab.losses import LossConfig
+    from boomerang_lab.distill.losses import LossConfig
+    from boomerang_lab.distill.trainer import DistillTrainer
 
     teacher = tiny_model("llama")
     plan = LayerPlan.from_kept([0, 3, 5, 7], 8)
@@ -469,10 +470,10 @@ def test_the_wikitext_path_is_written_once():
 
 # --- lint ----------------------------------------------------------------------------------------------------------
 OWNED = [
-    "boomerang_lab/profiles.py",
-    "boomerang_lab/cli.py",
-    "boomerang_lab/pipeline.py",
-    "boomerang_lab/evaluate/profiles.py",
+    "boomerang_lab/config/profiles.py",
+    "boomerang_lab/study/cli.py",
+    "boomerang_lab/study/pipeline.py",
+    "boomerang_lab/config/evaluate.py",
     "boomerang_lab/evaluate/baselines.py",
     "boomerang_lab/evaluate/pseudo_perplexity.py",
     "tests/test_profiles.py",
@@ -495,7 +496,7 @@ def test_lint_is_configured_and_these_files_pass():
 
 
 def test_figures_mark_the_copies_that_are_not_comparable():
-    from boomerang_lab.plots import task_title
+    from boomerang_lab.report.plots import task_title
 
     assert task_title("boolq_local") == "boolq (not comparable with stock)"
     assert task_title("hellaswag_local") == "hellaswag (not comparable with stock)"
@@ -506,7 +507,7 @@ def test_a_student_distilled_before_a_field_existed_is_reused(tmp_path):
     """A run written before `packing` existed counts as its default (packed), so `finished` reuses it."""
     from dataclasses import asdict
 
-    from boomerang_lab.distill import CONFIG_FILE, finished
+    from boomerang_lab.distill.trainer import CONFIG_FILE, finished
 
     plan = LayerPlan.paper(8)
     config = distill_module.profile("smoke", output_dir=str(tmp_path / "student"))

@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 
 from boomerang_lab import curve_quality
-from boomerang_lab.curves import order_curves, reference_line
-from boomerang_lab.plots import primary_metric
-from boomerang_lab.profiles import main_order
-from boomerang_lab.reading import loss_table, num, reading, share
+from boomerang_lab.config.profiles import main_order
+from boomerang_lab.report.curves import order_curves, reference_line
+from boomerang_lab.report.plots import primary_metric
+from boomerang_lab.report.reading import loss_table, num, reading, share
 
 
 def test_num_rounds_to_significant_figures_with_thousands_separators():
@@ -55,7 +55,7 @@ def test_loss_table_gives_each_stages_smoothed_start_end_and_tail():
 
 def test_main_order_is_the_runs_first_order_else_the_profiles():
     assert main_order("quick", ["last", "local"]) == "last"
-    from boomerang_lab.profiles import get
+    from boomerang_lab.config.profiles import get
 
     assert main_order("quick") == get("quick").pipeline.orders[0]
 

@@ -7,8 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from boomerang_lab import Family, LayerPlan, init_student, load_model
-from boomerang_lab.adapters import layers_of
-from boomerang_lab.models import embedded_path
+from boomerang_lab.models.adapters import layers_of
+from boomerang_lab.models.loading import embedded_path
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from boomerang_lab.cli import main
 from boomerang_lab.evaluate.sweep import KEY, rank_share, read_results
+from boomerang_lab.study.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ["evaluate", "--profile", "smoke", "--ks", "0", "1", "3"]  # tiny random teacher, perplexity and arc_easy
@@ -39,7 +39,7 @@ def _torchrun(results: Path) -> list[str]:
         "--master_port",
         str(port),
         "-m",
-        "boomerang_lab.cli",
+        "boomerang_lab.study.cli",
         *SMOKE,
         "--results",
         str(results),
@@ -68,7 +68,7 @@ def test_two_processes_equal_one_and_a_killed_rank_is_resumed(tmp_path):
     main([*SMOKE, "--results", str(one)])
     # rank 1 of 2 alone, killed with -9 once its first rows are in the table
     alone = subprocess.Popen(
-        [sys.executable, "-m", "boomerang_lab.cli", *SMOKE, "--results", str(two)],
+        [sys.executable, "-m", "boomerang_lab.study.cli", *SMOKE, "--results", str(two)],
         env=_env(RANK="1", WORLD_SIZE="2", LOCAL_RANK="1"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -3,7 +3,7 @@
 import pytest
 
 from boomerang_lab.data import CORPUS_FILES, data_file
-from boomerang_lab.models import load_model
+from boomerang_lab.models.loading import load_model
 from boomerang_lab.text_data import _local_files, packed_blocks
 
 

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from ..adapters import layers_of
-from ..family import Family, OrderLike, layer_view
-from ..laco import LaCoConfig, laco
-from ..plan import LayerPlan
+from ..family.members import Family, OrderLike, layer_view
+from ..models.adapters import layers_of
+from ..models.plan import LayerPlan
+from .laco import LaCoConfig, laco
 
 
 def teacher_view(teacher: PreTrainedModel, layers: Sequence[int]) -> PreTrainedModel:

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..data import WIKITEXT_TEST, data_file
-from ..family import Family, OrderLike
+from ..family.members import Family, OrderLike
 
 
 @dataclass(frozen=True)

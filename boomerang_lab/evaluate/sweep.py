@@ -18,17 +18,17 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..adapters import layers_of
-from ..atomic import atomic_path
-from ..family import Family
-from ..locks import folder_lock, write_lock
-from ..manifest import DamagedFile
-from ..patch_search import calibration_set
-from ..plan import LayerPlan
+from ..config.evaluate import PPL_TASK
+from ..family.members import Family
+from ..family.search import calibration_set
+from ..models.adapters import layers_of
+from ..models.plan import LayerPlan
+from ..store.atomic import atomic_path
+from ..store.locks import folder_lock, write_lock
+from ..store.manifest import DamagedFile
 from .baselines import block_influence, laco_pruning, naive_pruning, shortgpt, teacher_view
 from .lm_eval import evaluate_lm
 from .perplexity import PerplexityConfig, perplexity
-from .profiles import PPL_TASK
 from .tasks import LOCAL_TASKS, NOT_COMPARABLE
 
 COLUMNS = [
@@ -58,7 +58,7 @@ _TEXT = {c: str for c in ("teacher", "student", "method", "order", "task", "metr
 class SweepConfig:
     """What to evaluate. tasks, limit, ppl and batch_size default to the profile's (its `evaluate` settings)."""
 
-    profile: str = "quick"  # a built-in profile's name or a .yaml/.json profile file (boomerang_lab.profiles)
+    profile: str = "quick"  # a built-in profile's name or a .yaml/.json profile file (boomerang_lab.config.profiles)
     tasks: Sequence[str] | None = None  # "wikitext_ppl", lm-eval tasks (`*_local`, the tag boomerang_local, stock)
     limit: int | float | None = None  # examples per lm-eval task; a float < 1 is a fraction
     ppl: PerplexityConfig | None = None
@@ -73,7 +73,7 @@ class SweepConfig:
     progress: bool = True
 
     def resolved(self) -> "SweepConfig":
-        from ..profiles import get
+        from ..config.profiles import get
 
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
@@ -274,7 +274,7 @@ def _candidates(
 
 def _laco_candidates(family: Family, tokenizer, cfg: SweepConfig, student_name: str, ks) -> list[Candidate]:
     """LaCo at the layer count of each size (order "rdsc"), searched on LaCo's few calibration sentences."""
-    from ..laco import LaCoConfig
+    from .laco import LaCoConfig
 
     config = LaCoConfig()
     calibration = functools.cache(lambda: calibration_set(tokenizer, config.sentences, config.tokens))
@@ -461,6 +461,6 @@ def _name(model: PreTrainedModel) -> str:
 def _search_config(profile: str):
     """The profile's settings for KL-searched orders (`pipeline.search`): what `klpatch`/`optimal` use in a sweep
     when no order is saved next to the student with its own."""
-    from ..profiles import get
+    from ..config.profiles import get
 
     return get(profile).pipeline.search

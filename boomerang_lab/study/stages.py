@@ -7,8 +7,8 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .locks import folder_lock
-from .plan import LayerPlan
+from ..models.plan import LayerPlan
+from ..store.locks import folder_lock
 
 
 def distill_students(
@@ -26,10 +26,10 @@ def distill_students(
     training corpus under data/corpus, each holding the directory's lock (`locks.folder_lock`). A directory that
     holds a finished run of the same recipe is reused (one of another recipe is an error) unless `retrain`. Returns
     {run name: student directory}."""
-    from .distill import distill, finished
-    from .distill import profile as distill_profile
-    from .student import init_student
-    from .text_data import packed_blocks
+    from ..distill.trainer import distill, finished
+    from ..distill.trainer import profile as distill_profile
+    from ..models.student import init_student
+    from ..text_data import packed_blocks
 
     runs = {"teacher-initialised": (Path(student), False)}
     if random_student:
@@ -65,10 +65,10 @@ def search_orders(profile: str, teacher_model: PreTrainedModel, student: str | P
     it from there instead of searching again. Returns {name: Order}."""
     import time
 
-    from .family import Family
-    from .models import load_student
-    from .patch_search import SEARCHES, search
-    from .profiles import get
+    from ..config.profiles import get
+    from ..family.members import Family
+    from ..family.search import SEARCHES, search
+    from ..models.loading import load_student
 
     pipeline = get(profile).pipeline
     names = [name for name in pipeline.orders if name in SEARCHES]

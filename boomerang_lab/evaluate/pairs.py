@@ -18,13 +18,13 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .adapters import layers_of
-from .bridges import as_teacher_class
-from .evaluate.pseudo_perplexity import MaskTokens
-from .family import Family
-from .models import load_model
-from .plan import LayerPlan
-from .student import init_student
+from ..family.members import Family
+from ..models.adapters import layers_of
+from ..models.bridges import as_teacher_class
+from ..models.loading import load_model
+from ..models.plan import LayerPlan
+from ..models.student import init_student
+from .pseudo_perplexity import MaskTokens
 
 DISTIL_KEPT = (0, 2, 4, 7, 9, 11)
 """The teacher layers DistilBERT and DistilGPT2 were initialised from (transformers' distillation scripts)."""

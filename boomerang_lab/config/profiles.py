@@ -31,13 +31,13 @@ from typing import Any, Literal, Sequence, Union
 
 import pandas as pd
 
-from .distill import DistillConfig
-from .evaluate.perplexity import PerplexityConfig
-from .evaluate.profiles import PPL_TASK, EvalProfile
-from .evaluate.tasks import LOCAL_TASKS
-from .losses import LossConfig
-from .patch_search import SearchConfig
-from .plan import LayerPlan
+from ..distill.losses import LossConfig
+from ..distill.trainer import DistillConfig
+from ..evaluate.perplexity import PerplexityConfig
+from ..evaluate.tasks import LOCAL_TASKS
+from ..family.search import SearchConfig
+from ..models.plan import LayerPlan
+from .evaluate import PPL_TASK, EvalProfile
 
 PROFILE_SUFFIXES = (".yaml", ".yml", ".json")
 

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .atomic import atomic_path
-from .evaluate.sweep import read_results
-from .evaluate.tasks import NOT_COMPARABLE
+from ..evaluate.sweep import read_results
+from ..evaluate.tasks import NOT_COMPARABLE
+from ..store.atomic import atomic_path
 
 PRIMARY_METRIC = {
     "arc_easy": "acc",
@@ -268,7 +268,7 @@ def alignment_heatmap(alignment: pd.DataFrame, annotate: bool | None = None):
     """Cosine similarity of each student layer with its teacher block (columns), one row per stage."""
     missing = {"stage", "student_layer", "teacher_layer", "cosine"} - set(alignment.columns)
     if missing:
-        raise ValueError(f"The alignment table lacks columns {sorted(missing)} (see boomerang_lab.alignment).")
+        raise ValueError(f"The alignment table lacks columns {sorted(missing)} (see boomerang_lab.evaluate.alignment).")
     stages = list(dict.fromkeys(alignment.stage))
     table = alignment.assign(pair=alignment.student_layer.astype(str) + "→" + alignment.teacher_layer.astype(str))
     grid = table.pivot(index="stage", columns="pair", values="cosine")

@@ -8,9 +8,9 @@ import pandas as pd
 import torch
 from matplotlib.patches import Patch, Rectangle
 
-from .adapters import get_adapter, layers_of
-from .family import Family, OrderLike
-from .plan import LayerPlan
+from ..family.members import Family, OrderLike
+from ..models.adapters import get_adapter, layers_of
+from ..models.plan import LayerPlan
 
 TEACHER, STUDENT = "#4c72b0", "#dd8452"
 """Colours of teacher and student modules in every diagram."""

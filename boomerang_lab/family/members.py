@@ -13,11 +13,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from .adapters import get_adapter, layers_of, set_num_layers
-from .atomic import atomic_dir
-from .bridges import as_teacher_class
+from ..models.adapters import get_adapter, layers_of, set_num_layers
+from ..models.bridges import as_teacher_class
+from ..models.plan import LayerPlan
+from ..store.atomic import atomic_dir
 from .orders import Order
-from .plan import LayerPlan
 from .speed import NEW_TOKENS, SpeedCache, ms_per_token
 
 OrderLike = str | Order | Sequence[int | Sequence[int]]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nbformat
 
-from .atomic import atomic_write_text
+from ..store.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .data import WIKITEXT_TEST, data_file
-from .plan import LayerPlan
+from ..data import WIKITEXT_TEST, data_file
+from ..models.plan import LayerPlan
 
 HELD_OUT_TEXT = WIKITEXT_TEST
 

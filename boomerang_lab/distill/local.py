@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from .adapters import layers_of
-from .plan import LayerPlan
+from ..models.adapters import layers_of
+from ..models.plan import LayerPlan
 
 LOCAL_LOSSES = ("nmse", "cos")
 """nmse: |y − t|² / |t|² per token (keeps the scale a following teacher layer sees); cos: 1 − cos(y, t)."""
@@ -171,7 +171,7 @@ def local_order(family, calibration: Tensor | None = None, batch_size: int = 8):
     the teacher's context (the local stage's nmse on calibration text), are patched first; so at every size the
     student layers that remain are the ones that fit their blocks best. One teacher pass and one pass of each
     multi-layer student layer over the calibration text, against K(K+1)/2 member passes for klpatch."""
-    from .orders import Order
+    from ..family.orders import Order
 
     if calibration is None:
         calibration = _local_calibration(family)
@@ -180,7 +180,7 @@ def local_order(family, calibration: Tensor | None = None, batch_size: int = 8):
 
 
 def _local_calibration(family) -> Tensor:
-    from .patch_search import calibration_set, teacher_tokenizer
+    from ..family.search import calibration_set, teacher_tokenizer
 
     tokenizer = teacher_tokenizer(
         family, "The local order's calibration", "local_order(family, calibration_set(tokenizer))"
@@ -189,7 +189,7 @@ def _local_calibration(family) -> Tensor:
 
 
 def _register() -> None:
-    from .family import register_order
+    from ..family.members import register_order
 
     register_order("local", local_order)
 

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_write_text
+from ..store.atomic import atomic_write_text
 
 PLAN_FILE = "boomerang_plan.json"
 PAPER_FILE = "student_config.json"

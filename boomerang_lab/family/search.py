@@ -22,12 +22,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .adapters import layers_of
-from .atomic import atomic_write_text
-from .data import CORPUS_FILES, corpus_text
-from .family import Family, OrderLike, register_order
+from ..data import CORPUS_FILES, corpus_text
+from ..models.adapters import layers_of
+from ..models.plan import PLAN_FILE, LayerPlan
+from ..store.atomic import atomic_write_text
+from .members import Family, OrderLike, register_order
 from .orders import Order
-from .plan import PLAN_FILE, LayerPlan
 
 
 # --- calibration data ----------------------------------------------------------------------------------------------

@@ -32,14 +32,14 @@ from transformers import (
 from transformers.trainer_utils import load_sharded_checkpoint
 from transformers.utils.notebook import NotebookProgressCallback
 
-from . import manifest
-from .adapters import get_adapter, layers_of
-from .atomic import atomic_dir, atomic_write_text, disk_full_stops, is_disk_full, usual_permissions
-from .blockwise import LOCAL_LOSSES, local_loss, only_train, restore_grad, teacher_block_states
-from .locks import folder_lock
+from ..models.adapters import get_adapter, layers_of
+from ..models.loading import resolve_dtype
+from ..models.plan import LayerPlan
+from ..store import manifest
+from ..store.atomic import atomic_dir, atomic_write_text, disk_full_stops, is_disk_full, usual_permissions
+from ..store.locks import folder_lock
+from .local import LOCAL_LOSSES, local_loss, only_train, restore_grad, teacher_block_states
 from .losses import IGNORE, LossConfig, distill_loss
-from .models import resolve_dtype
-from .plan import LayerPlan
 
 LOG_FILE = "train_log.csv"
 CONFIG_FILE = "distill_config.json"
@@ -62,7 +62,7 @@ LOG_COLUMNS = {
 @dataclass
 class DistillConfig:
     """One distillation run: the paper's hyperparameters by default; the presets are the profiles' recipes
-    (`boomerang_lab.profiles`, `profile(name)`)."""
+    (`boomerang_lab.config.profiles`, `profile(name)`)."""
 
     output_dir: str = field(default="runs/student", metadata={"help": "the student directory to write"})
     teacher: str = field(
@@ -607,8 +607,8 @@ class CheckpointManifest(TrainerCallback):
 
 
 def profile(name: str, **overrides) -> DistillConfig:
-    """The recipe of a profile (a built-in name or a YAML/JSON file, see `boomerang_lab.profiles`) with fields
+    """The recipe of a profile (a built-in name or a YAML/JSON file, see `boomerang_lab.config.profiles`) with fields
     replaced, each override checked against its field's type."""
-    from .profiles import get
+    from ..config.profiles import get
 
     return get(name, distill=overrides).distill

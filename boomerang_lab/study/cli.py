@@ -7,14 +7,14 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .plan import LayerPlan
+    from ..models.plan import LayerPlan
 
 
 def cmd_sizes(args: argparse.Namespace) -> None:
     """Print the family table for the paper plan with the teacher-initialised (undistilled) student."""
-    from .family import Family
-    from .models import load_model
-    from .student import init_student
+    from ..family.members import Family
+    from ..models.loading import load_model
+    from ..models.student import init_student
 
     teacher, _ = load_model(args.teacher, dtype=args.dtype)
     plan = _plan(args, teacher)
@@ -26,10 +26,10 @@ def cmd_sizes(args: argparse.Namespace) -> None:
 
 def cmd_distill(args: argparse.Namespace) -> None:
     """Distil a student from the teacher with a profile's recipe (rerun the same command to resume)."""
-    from .distill import distill
-    from .models import load_model
-    from .student import init_student
-    from .text_data import packed_blocks
+    from ..distill.trainer import distill
+    from ..models.loading import load_model
+    from ..models.student import init_student
+    from ..text_data import packed_blocks
 
     chosen = get_profile(args.profile, distill=_field_overrides(args, "distill"), plan=_field_overrides(args, "plan"))
     config = chosen.distill
@@ -68,9 +68,9 @@ def _distill_direct(args: argparse.Namespace, chosen, config, teacher, tokenizer
     """`distill --size k` / `--layers N`: a student distilled directly at the family's size k (direct.py)."""
     from dataclasses import replace
 
-    from .direct import direct_student, resolve_order, size_for_layers
-    from .family import Family
-    from .models import load_student
+    from ..evaluate.direct import direct_student, resolve_order, size_for_layers
+    from ..family.members import Family
+    from ..models.loading import load_student
 
     family = None
     if args.family_student:
@@ -103,9 +103,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     """Sweep methods x orders x sizes x tasks of one family into the results table (rerun to resume)."""
     from pathlib import Path
 
-    from .distill import run_name
-    from .evaluate import SweepConfig, sweep
-    from .models import load_model, load_student
+    from ..distill.trainer import run_name
+    from ..evaluate import SweepConfig, sweep
+    from ..models.loading import load_model, load_student
 
     chosen = get_profile(args.profile, plan=_field_overrides(args, "plan"))
     teacher_name = args.teacher or chosen.teacher
@@ -157,7 +157,7 @@ def _rank_device():
 
 def cmd_profiles(args: argparse.Namespace) -> None:
     """Print every profile's values (one column each), or one profile as YAML to start a file from."""
-    from .profiles import PROFILES, table
+    from ..config.profiles import PROFILES, table
 
     if args.show:
         import yaml
@@ -182,7 +182,7 @@ def cmd_profiles(args: argparse.Namespace) -> None:
 
 def get_profile(name, **overrides):
     """`profiles.get`, imported on use (it loads torch and transformers)."""
-    from .profiles import get
+    from ..config.profiles import get
 
     return get(name, **overrides)
 
@@ -195,7 +195,7 @@ def _markdown(frame) -> str:
 
 
 def _layers(model):
-    from .adapters import layers_of
+    from ..models.adapters import layers_of
 
     return layers_of(model)
 
@@ -208,7 +208,7 @@ def _limit(text: str) -> int | float:
 
 def _plan(args: argparse.Namespace, teacher) -> LayerPlan:
     """The paper-style plan the --keep-first/--keep-last/--every flags describe, for this teacher."""
-    from .plan import LayerPlan  # noqa: F811
+    from ..models.plan import LayerPlan  # noqa: F811
 
     return LayerPlan.paper(
         len(_layers(teacher)), keep_first=args.keep_first, keep_last=args.keep_last, every=args.every
@@ -239,7 +239,7 @@ def _add_field_args(
     """One flag per leaf field of the profile's `section` (distill, plan, ...), named after the field, with the
     field's help text; a nested field whose name is taken gets its parent's prefix (--loss-compile). The value is
     checked against the field's type when the profile is built."""
-    from .profiles import Profile, field_rows
+    from ..config.profiles import Profile, field_rows
 
     rows = [
         (path.removeprefix(f"{section}."), tp, help)
@@ -308,7 +308,7 @@ def _field_overrides(args: argparse.Namespace, section: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .profiles import PROFILES, fields_help
+    from ..config.profiles import PROFILES, fields_help
 
     epilog = (
         "profiles: " + ", ".join(PROFILES) + " or a .yaml/.json file (`boomerang profiles` prints their "
@@ -445,8 +445,8 @@ def _add_wait_arg(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> None:
     import os
 
-    from .atomic import StopRun
-    from .locks import WAIT_ENV
+    from ..store.atomic import StopRun
+    from ..store.locks import WAIT_ENV
 
     args = build_parser().parse_args(argv)
     if getattr(args, "wait", None) is not None:

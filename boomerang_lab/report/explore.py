@@ -14,10 +14,10 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .family import Family, OrderLike
-from .orders import Order
+from ..family.members import Family, OrderLike
+from ..family.orders import Order
+from ..family.speed import SpeedCache
 from .plots import latest, lower_is_better, metric_vs_params, primary_metric
-from .speed import SpeedCache
 
 DEFAULT_PROMPT = "Once upon a time"
 PLOT_DPI = 80

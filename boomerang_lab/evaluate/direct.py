@@ -19,9 +19,9 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .atomic import atomic_write_text
-from .orders import Order
-from .plan import LayerPlan
+from ..family.orders import Order
+from ..models.plan import LayerPlan
+from ..store.atomic import atomic_write_text
 
 DIRECT_FILE = "boomerang_direct.json"
 """What a direct student stands beside: the family's plan, the order and size it was made for, its layers."""
@@ -45,7 +45,7 @@ def resolve_order(plan: LayerPlan, order: str | Order | list = "last", family=No
         return family.order(order)
     if order in PLAN_ORDERS:
         return PLAN_ORDERS[order](plan)
-    from .family import ORDERS
+    from ..family.members import ORDERS
 
     if order in ORDERS:
         raise ValueError(
@@ -69,7 +69,7 @@ def check_size(order: Order, k: int) -> None:
 def member_layers(plan: LayerPlan, order: Order, k: int) -> list[int]:
     """The teacher layers of the family's size-k member, in order: each patched student layer's whole block, and
     for each other student layer the teacher layer it was initialised from."""
-    from .evaluate.baselines import naive_layers  # the same list: naive pruning drops what the member replaces
+    from .baselines import naive_layers  # the same list: naive pruning drops what the member replaces
 
     return naive_layers(plan, order.patched(k))
 
@@ -113,10 +113,10 @@ def direct_student(
     layers is returned without training (one of another recipe is an error). The directory also holds
     `boomerang_direct.json` (the family's plan, the order, k and the layers).
     """
-    from .distill import distill, finished
-    from .distill import profile as distill_profile
-    from .student import init_student
-    from .text_data import packed_blocks
+    from ..distill.trainer import distill, finished
+    from ..distill.trainer import profile as distill_profile
+    from ..models.student import init_student
+    from ..text_data import packed_blocks
 
     resolved = resolve_order(plan, order, family)
     own = direct_plan(plan, resolved, k)

@@ -1,14 +1,14 @@
 """A profile's evaluation settings: which tasks, at what limit, with which fast-perplexity windows.
 
-The profiles themselves (smoke, quick, kit, paper, ...) live in `boomerang_lab.profiles`: a profile's evaluation
-settings are `boomerang_lab.profiles.get(name).evaluate`.
+The profiles themselves (smoke, quick, kit, paper, ...) live in `boomerang_lab.config.profiles`: a profile's evaluation
+settings are `boomerang_lab.config.profiles.get(name).evaluate`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .perplexity import PerplexityConfig
+from ..evaluate.perplexity import PerplexityConfig
 
 PPL_TASK = "wikitext_ppl"
 """The fast strided-window perplexity (perplexity.py) as a task name in sweeps; its `limit` is its token budget."""

@@ -33,8 +33,8 @@ import pandas as pd
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
-from .adapters import get_adapter, layers_of
-from .plan import LayerPlan
+from ..models.adapters import get_adapter, layers_of
+from ..models.plan import LayerPlan
 
 PAPER_TABLE3 = {"Qwen3-4B-Base": 19.17, "Pythia-2.8B": 17.01, "Llama-3.2-3B": 14.53}
 """The paper's Table 3: how many times fewer training FLOPs the family needs than distilling each size."""
@@ -104,7 +104,7 @@ def teacher_config(name: str) -> PretrainedConfig:
     any local path's or hub id's (AutoConfig)."""
     from transformers import AutoConfig
 
-    from .models import EMBEDDED, TINY, embedded_path
+    from ..models.loading import EMBEDDED, TINY, embedded_path
 
     if name == "smollm2-135m":
         return paper_teacher_configs()["SmolLM2-135M"]
@@ -165,8 +165,8 @@ def family_costs(config: PretrainedConfig, profile="paper", order: str = "last")
     """One row per model a user could want, the family's student (k=0) and every intermediate size k=1..K-1, with
     the training FLOPs of distilling it with `profile`'s recipe (a name, a file or a Profile) on `config`'s teacher.
     The family gets every intermediate size from the k=0 run alone."""
-    from .direct import direct_plan, resolve_order
-    from .profiles import get
+    from ..config.profiles import get
+    from ..evaluate.direct import direct_plan, resolve_order
 
     chosen = get(profile)
     shape = Shape.of(config)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from .adapters import layers_of
+from ..models.adapters import layers_of
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def rdsc_merge(layers: list[nn.Module]) -> nn.Module:
 
 def layer_model(model: PreTrainedModel, layers: list[nn.Module]) -> PreTrainedModel:
     """`model` running these layer modules (merged ones or its own), sharing every other module with it."""
-    from .family import modules_view
+    from ..family.members import modules_view
 
     return modules_view(model, layers)
 

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from transformers import PreTrainedModel
 
-from .atomic import atomic_write_text
+from ..store.atomic import atomic_write_text
 
 SPEED_FILE = "speed.json"
 """The cache's default file name inside a student directory."""

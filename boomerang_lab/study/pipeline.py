@@ -21,7 +21,7 @@ class PipelineError(RuntimeError):
 class RunConfig:
     """What `run` executes and where it writes. Fields left as None follow the profile (see `resolved`)."""
 
-    profile: str = "quick"  # a built-in profile's name or a .yaml/.json profile file (boomerang_lab.profiles)
+    profile: str = "quick"  # a built-in profile's name or a .yaml/.json profile file (boomerang_lab.config.profiles)
     out: Path | None = None  # executed notebooks and the students; default outputs/<profile>
     teacher: str | None = None
     student: Path | None = None  # the distilled student's directory; default <out>/student
@@ -43,7 +43,7 @@ class RunConfig:
     def resolved(self) -> "RunConfig":
         """This config with every default filled in and every path absolute (a profile file's too, since the
         notebooks run in their own folder and read the profile by this name)."""
-        from .profiles import get, is_profile_file
+        from ..config.profiles import get, is_profile_file
 
         profile = get(self.profile)
         name = str(Path(self.profile).resolve()) if is_profile_file(self.profile) else self.profile
@@ -113,13 +113,13 @@ def run(config: RunConfig | str = "quick", progress: bool = True, **overrides) -
     """Execute the pipeline's notebooks in order into `config.out`, stopping at the first failure (PipelineError).
 
     `overrides` are RunConfig fields, e.g. run("smoke", out=tmp_path). Returns the output folder. With `publish`
-    (by default only for the main job), the executed notebooks, cleaned (`boomerang_lab.publish`), then replace
+    (by default only for the main job), the executed notebooks, cleaned (`boomerang_lab.study.publish`), then replace
     their sources, so that the committed notebooks show the main job's figures and tables.
 
     The run holds the locks (`locks.folder_lock`) of the folders and table it writes (`written`) for its whole
     length and passes them on to its notebook kernels; a second run on any of them stops at once, naming this one.
     """
-    from .locks import folder_locks
+    from ..store.locks import folder_locks
 
     config = RunConfig(config, **overrides) if isinstance(config, str) else dataclasses.replace(config, **overrides)
     publish = config.is_main_job() if config.publish is None else config.publish

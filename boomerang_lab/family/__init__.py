@@ -1,0 +1,1 @@
+"""The family: zero-copy members of every size, patch orders (named, explicit, KL-searched) and measured speed."""

@@ -1,0 +1,1 @@
+"""Entry points: the `boomerang` command line, the notebook pipeline, its stages and publishing."""
