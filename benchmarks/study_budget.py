@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -61,7 +62,37 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "budget"
+RESULTS = ROOT / "benchmarks" / "results" / "figure4_budget_cpu.csv"
+FIGURE = ROOT / "figures" / "figure4_budget_cpu.png"
 CELL = re.compile(r"^(F|D(\d+)_)(\d+)$")
+LAYERS = (20, 23, 26)
+STRETCH = 4096
+WINDOW = 1024
+STRETCHES = {"wikitext_test": (0, 40_000, 80_000), "corpus_held_out": (0, 11_000, 22_000)}
+"""Where each text's three disjoint 4,096-token stretches start (token offsets)."""
+TEXT_KIND = {"wikitext_test": "outside", "corpus_held_out": "inside", "lambada": "outside"}
+LAMBADA = "lambada_openai_local"
+LAMBADA_LIMIT = 256
+COLUMNS = [
+    "budget",
+    "train_tokens",
+    "method",
+    "layers",
+    "k",
+    "seed",
+    "text",
+    "kind",
+    "stretch",
+    "metric",
+    "value",
+    "stderr",
+    "nll",
+    "scored",
+    "distill_seconds",
+    "order",
+    "profile",
+]
+KEY = ["budget", "method", "layers", "seed", "text", "stretch", "profile"]
 
 
 def log(message: str, path: Path) -> None:
@@ -161,6 +192,199 @@ def cmd_distill(args) -> None:
         log(f"cell {cell}: done", logfile)
 
 
+# --- evaluation ----------------------------------------------------------------------------------------------------
+def text_ids(tokenizer, text: str) -> torch.Tensor:
+    from boomerang_lab.data import held_out_text
+    from boomerang_lab.evaluate.perplexity import wikitext_text
+
+    raw = wikitext_text() if text == "wikitext_test" else held_out_text()
+    return torch.tensor(tokenizer(raw)["input_ids"])
+
+
+@torch.no_grad()
+def stretch_nll(model, ids: torch.Tensor) -> tuple[float, int]:
+    """Summed NLL and scored tokens of `ids` in non-overlapping WINDOW-token windows (each window's first token is
+    context only): `evaluate.perplexity`'s arithmetic with stride == window, float32."""
+    import torch.nn.functional as F
+
+    nll, scored = 0.0, 0
+    for begin in range(0, len(ids), WINDOW):
+        window = ids[begin : begin + WINDOW]
+        if len(window) < 2:
+            break
+        logits = model(window[None], use_cache=False).logits[0, :-1]
+        nll += F.cross_entropy(logits.float(), window[1:], reduction="sum").item()
+        scored += len(window) - 1
+    return nll, scored
+
+
+def train_tokens(config) -> int:
+    return (config.local_steps + config.max_steps) * config.batch_size * config.grad_accum * config.seq_len
+
+
+def models_to_evaluate(runs: Path, teacher, plan, profile_name: str):
+    """(budget, method, layers, k, seconds, loader) of every finished model, the teacher first."""
+    from boomerang_lab.evaluate.direct import member_layers, read_direct
+    from boomerang_lab.family.members import Family
+    from boomerang_lab.family.orders import Order
+    from boomerang_lab.models.loading import load_student
+
+    yield 0, "teacher", plan.num_teacher_layers, None, float("nan"), lambda: teacher
+    for folder in sorted(runs.glob("x*"), key=lambda p: int(p.name[1:])):
+        multiple = int(folder.name[1:])
+        student_dir = folder / "student"
+        if (student_dir / "order_klpatch.json").is_file():
+            seconds = _seconds(student_dir)
+            cache = {}
+
+            def family(student_dir=student_dir, cache=cache):
+                if "family" not in cache:
+                    student, _, _ = load_student(student_dir)
+                    cache["family"] = Family(teacher, student, plan)
+                return cache["family"]
+
+            order = Order.load(student_dir / "order_klpatch.json")
+            for k in range(order.num_sizes + 1):
+                layers = len(member_layers(plan, order, k))
+                if layers in (plan.num_student_layers, *LAYERS):
+                    yield multiple, "member", layers, k, seconds, lambda k=k, f=family, o=order: f().build(k, o)
+        for direct in sorted(folder.glob("direct_*L")):
+            if (direct / "manifest.json").is_file() and (direct / "boomerang_direct.json").is_file():
+                info = read_direct(direct)
+                yield (
+                    multiple,
+                    "direct",
+                    len(info["layers"]),
+                    info["k"],
+                    _seconds(direct),
+                    lambda d=direct: load_student(d)[0],
+                )
+
+
+def _seconds(folder: Path) -> float:
+    file = folder / "study_seconds.json"
+    return json.loads(file.read_text())["distill_seconds"] if file.is_file() else float("nan")
+
+
+def cmd_evaluate(args) -> None:
+    import pandas as pd
+
+    from boomerang_lab.evaluate.sweep import SweepConfig, _evaluate
+    from boomerang_lab.models.loading import load_model
+    from boomerang_lab.store.atomic import atomic_path
+
+    torch.set_num_threads(args.threads)
+    runs, results = Path(args.runs), Path(args.results)
+    logfile = runs / "evaluate.log"
+    base = scaled_profile(args.profile, 1)
+    teacher, tokenizer = load_model(base.teacher, dtype=torch.float32)
+    plan = base.layer_plan(teacher.config.num_hidden_layers)
+    table = pd.read_csv(results) if results.is_file() else pd.DataFrame(columns=COLUMNS)
+    have = set(map(tuple, table[KEY].astype(str).values.tolist())) if len(table) else set()
+    ids = {text: text_ids(tokenizer, text) for text in STRETCHES}
+    lambada_config = SweepConfig(profile=args.profile, limit=LAMBADA_LIMIT, autocast=None).resolved()
+    for budget, method, layers, k, seconds, load in models_to_evaluate(runs, teacher, plan, args.profile):
+        config = scaled_profile(args.profile, max(budget, 1)).distill
+        tokens = 0 if method == "teacher" else train_tokens(config)
+        common = dict(
+            budget=budget,
+            train_tokens=tokens,
+            method=method,
+            layers=layers,
+            k=k,
+            seed=config.seed,
+            distill_seconds=seconds,
+            order="klpatch",
+            profile=args.profile,
+        )
+        todo = [
+            (text, i)
+            for text, starts in [*STRETCHES.items(), ("lambada", (0,))]
+            for i in range(len(starts))
+            if tuple(map(str, (budget, method, layers, config.seed, text, i, args.profile))) not in have
+        ]
+        if not todo:
+            continue
+        model = load().eval()
+        rows = []
+        t0 = time.perf_counter()
+        for text, i in todo:
+            if text == "lambada":
+                got = _evaluate(model, tokenizer, LAMBADA, lambada_config)
+                acc = got[got.metric == "acc"].iloc[0]
+                rows.append(
+                    {
+                        **common,
+                        "text": "lambada",
+                        "kind": "outside",
+                        "stretch": 0,
+                        "metric": "acc",
+                        "value": acc.value,
+                        "stderr": acc.stderr,
+                        "nll": float("nan"),
+                        "scored": LAMBADA_LIMIT,
+                    }
+                )
+                continue
+            start = STRETCHES[text][i]
+            nll, scored = stretch_nll(model, ids[text][start : start + STRETCH])
+            rows.append(
+                {
+                    **common,
+                    "text": text,
+                    "kind": TEXT_KIND[text],
+                    "stretch": i,
+                    "metric": "token_perplexity",
+                    "value": math.exp(nll / scored),
+                    "stderr": float("nan"),
+                    "nll": nll,
+                    "scored": scored,
+                }
+            )
+        table = (
+            pd.concat([table, pd.DataFrame(rows)[COLUMNS]], ignore_index=True)
+            if len(table)
+            else pd.DataFrame(rows)[COLUMNS]
+        )
+        with atomic_path(results) as tmp:
+            table.to_csv(tmp, index=False)
+        have |= {
+            tuple(
+                map(
+                    str,
+                    (
+                        budget,
+                        method,
+                        layers,
+                        config.seed,
+                        r["text"],
+                        r["stretch"],
+                        args.profile,
+                    ),
+                )
+            )
+            for r in rows
+        }
+        summary = ", ".join(f"{r['text']}[{r['stretch']}] {r['value']:.4g}" for r in rows)
+        log(f"{budget}x {method} {layers}L: {summary} ({time.perf_counter() - t0:.0f} s)", logfile)
+        del model
+
+
+def cmd_figure(args) -> None:
+    import pandas as pd
+
+    from boomerang_lab.report.budget import figure, forgetting, gaps
+    from boomerang_lab.report.plots import save_figure
+
+    table = pd.read_csv(args.results)
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(gaps(table).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(forgetting(table).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    fig = figure(table, "Members (klpatch) vs direct students as the budget grows (quick recipe, this CPU, seed 0)")
+    save_figure(fig, Path(args.figure).parent, Path(args.figure).stem, formats=("png",))
+    print(f"wrote {args.figure}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -169,9 +393,21 @@ def main() -> None:
     d.add_argument("--profile", default="quick")
     d.add_argument("--runs", default=str(RUNS))
     d.add_argument("--threads", type=int, default=1)
+    e = sub.add_parser("evaluate", help="evaluate every finished model into the results table (resumable)")
+    e.add_argument("--profile", default="quick")
+    e.add_argument("--runs", default=str(RUNS))
+    e.add_argument("--results", default=str(RESULTS))
+    e.add_argument("--threads", type=int, default=1)
+    f = sub.add_parser("figure", help="the gap table, the forgetting check and the figure")
+    f.add_argument("--results", default=str(RESULTS))
+    f.add_argument("--figure", default=str(FIGURE))
     args = parser.parse_args()
-    if args.command == "distill":
+    if args.command == "figure":
+        cmd_figure(args)
+    elif args.command == "distill":
         cmd_distill(args)
+    elif args.command == "evaluate":
+        cmd_evaluate(args)
 
 
 if __name__ == "__main__":

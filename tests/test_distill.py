@@ -20,6 +20,7 @@ from transformers import TrainerCallback
 from boomerang_lab.data import data_file
 from boomerang_lab.distill.losses import LossConfig
 from boomerang_lab.distill.trainer import LOG_FILE, _last_checkpoint, distill, profile, run_name
+from boomerang_lab.models import loading
 from boomerang_lab.models.adapters import get_adapter
 from boomerang_lab.models.loading import load_model, load_student
 from boomerang_lab.models.plan import LayerPlan
@@ -187,9 +188,11 @@ class DtypeSeen(TrainerCallback):
         model.lm_head.register_forward_hook(lambda module, inputs, output: self.dtypes.add(output.dtype))
 
 
-def test_bf16_distillation_trains_resumes_and_repeats(tmp_path, capsys):
-    """bf16=True (the quick, kit and paper recipes): the student runs under bf16 autocast with float32 weights, the
-    loss is finite and falls, and an interrupted run resumes to exactly its uninterrupted rerun."""
+def test_bf16_distillation_trains_resumes_and_repeats(tmp_path, capsys, monkeypatch):
+    """bf16=True (the quick, kit and paper recipes) where the device computes bf16 natively (forced here, so that the
+    test runs on any CPU): the student runs under bf16 autocast with float32 weights, the loss is finite and falls,
+    and an interrupted run resumes to exactly its uninterrupted rerun."""
+    monkeypatch.setattr(loading, "native_bf16", lambda device="cpu": True)
     seen = DtypeSeen()
     full = tiny_run(tmp_path / "full", bf16=True, callbacks=[seen])
     assert seen.dtypes == {torch.bfloat16}
@@ -209,6 +212,21 @@ def test_bf16_distillation_trains_resumes_and_repeats(tmp_path, capsys):
     again = load_file(resumed / "model.safetensors")
     assert weights.keys() == again.keys() and all(torch.equal(weights[k], again[k]) for k in weights)
     pd.testing.assert_frame_equal(log, pd.read_csv(resumed / LOG_FILE))
+
+
+def test_bf16_falls_back_to_float32_where_the_device_emulates_it(tmp_path, capsys, monkeypatch):
+    """On a CPU without native bf16 (AVX2 only: a bf16 matmul is emulated, tens of times slower), bf16=True trains in
+    float32 and says so once per stage."""
+    monkeypatch.setattr(loading, "native_bf16", lambda device="cpu": False)
+    monkeypatch.setattr(loading, "_NOTICED", set())
+    seen = DtypeSeen()
+    tiny_run(tmp_path / "s", steps=2, bf16=True, callbacks=[seen])
+    assert seen.dtypes == {torch.float32}
+    out = capsys.readouterr().out
+    assert out.count("has no native bf16") == 1 and "running in float32" in out
+    assert loading.autocast_for("bfloat16", "cpu", "x") is None and loading.autocast_for(None, "cpu") is None
+    monkeypatch.setattr(loading, "native_bf16", lambda device="cpu": True)
+    assert loading.autocast_for("bfloat16", "cpu", "y") == "bfloat16"
 
 
 def test_frozen_embeddings_and_switched_off_terms(tmp_path):

@@ -33,7 +33,7 @@ from transformers.trainer_utils import load_sharded_checkpoint
 from transformers.utils.notebook import NotebookProgressCallback
 
 from ..models.adapters import get_adapter, layers_of
-from ..models.loading import resolve_dtype
+from ..models.loading import autocast_for, resolve_dtype
 from ..models.plan import LayerPlan
 from ..store import manifest
 from ..store.atomic import atomic_dir, atomic_write_text, disk_full_stops, is_disk_full, usual_permissions
@@ -392,6 +392,13 @@ def _distill(teacher, student, plan, data, config, tokenizer, callbacks, progres
     return out
 
 
+def _train_device(config: DistillConfig) -> torch.device:
+    """The device the Trainer will train on (for the bf16 check): an accelerator unless use_cpu."""
+    if config.use_cpu or not torch.accelerator.is_available():
+        return torch.device("cpu")
+    return torch.accelerator.current_accelerator()
+
+
 def _stage(
     stage: str,
     trainer_class: type[_TeacherTrainer],
@@ -423,7 +430,7 @@ def _stage(
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
         optim=config.optim,
-        bf16=config.bf16,
+        bf16=bool(config.bf16 and autocast_for("bfloat16", _train_device(config), f"distillation ({stage} stage)")),
         torch_compile=config.compile,
         activation_checkpointing=config.activation_checkpointing and not local,
         # Without an accelerator, use_cpu=False would leave each torchrun process training alone on the same files.

@@ -22,6 +22,7 @@ from ..config.evaluate import PPL_TASK
 from ..family.members import Family
 from ..family.search import calibration_set
 from ..models.adapters import layers_of
+from ..models.loading import autocast_for
 from ..models.plan import LayerPlan
 from ..store.atomic import atomic_path
 from ..store.locks import folder_lock, write_lock
@@ -132,6 +133,8 @@ def sweep(
     share of the (member, task) cells (`rank_share`) into the one table; a rerun resumes whatever any rank missed.
     """
     cfg = dataclasses.replace(config or SweepConfig(), **overrides).resolved()
+    # the autocast this device runs (bf16 only where native): the table's settings column records that one
+    cfg = dataclasses.replace(cfg, autocast=autocast_for(cfg.autocast, teacher.device, "evaluation"))
     with folder_lock(cfg.results):
         return _sweep(
             teacher, tokenizer, student, plan, cfg, random_student, distilled, teacher_name, student_name, random_name
@@ -293,8 +296,10 @@ def _laco_candidates(family: Family, tokenizer, cfg: SweepConfig, student_name: 
 
 def _evaluate(model: PreTrainedModel, tokenizer, task: str, cfg: SweepConfig) -> pd.DataFrame:
     """Tidy (metric, value, stderr) rows of one model on one task."""
-    if cfg.autocast:
-        with torch.autocast(next(model.parameters()).device.type, dtype=getattr(torch, cfg.autocast)):
+    device = next(model.parameters()).device
+    autocast = autocast_for(cfg.autocast, device, "evaluation")
+    if autocast:
+        with torch.autocast(device.type, dtype=getattr(torch, autocast)):
             return _evaluate_task(model, tokenizer, task, cfg)
     return _evaluate_task(model, tokenizer, task, cfg)
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..data import CORPUS_FILES, corpus_text
 from ..models.adapters import layers_of
+from ..models.loading import autocast_for
 from ..models.plan import PLAN_FILE, LayerPlan
 from ..store.atomic import atomic_write_text
 from .members import Family, OrderLike, register_order
@@ -478,7 +479,8 @@ def search(
         order = Order.load(path)
     else:
         start = time.perf_counter()
-        with torch.autocast(family.teacher.device.type, dtype=_dtype(config.autocast), enabled=bool(config.autocast)):
+        autocast = autocast_for(config.autocast, family.teacher.device, f"the {name} search")
+        with torch.autocast(family.teacher.device.type, dtype=_dtype(autocast), enabled=bool(autocast)):
             order = SEARCHES[name](family, calibration, config.batch_size, progress, stride=config.stride)
         seconds = round(time.perf_counter() - start, 1)
         if path:

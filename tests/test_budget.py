@@ -1,0 +1,107 @@
+"""The budget study's arithmetic (report/budget.py): pooling, gaps, the forgetting call and the extrapolation."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from boomerang_lab.report.budget import budget_reading, crossing, forgetting, gaps, pooled
+
+
+def rows(budget, method, layers, text, ppls, tokens=1000):
+    """One row per stretch with the given perplexities (1,000 scored tokens each)."""
+    return [
+        {
+            "budget": budget,
+            "train_tokens": budget * tokens,
+            "method": method,
+            "layers": layers,
+            "text": text,
+            "stretch": i,
+            "metric": "token_perplexity",
+            "value": p,
+            "stderr": math.nan,
+            "nll": 1000 * math.log(p),
+            "scored": 1000,
+        }
+        for i, p in enumerate(ppls)
+    ]
+
+
+def acc(budget, method, layers, value, stderr=0.03):
+    return [
+        {
+            "budget": budget,
+            "train_tokens": budget * 1000,
+            "method": method,
+            "layers": layers,
+            "text": "lambada",
+            "stretch": 0,
+            "metric": "acc",
+            "value": value,
+            "stderr": stderr,
+            "nll": math.nan,
+            "scored": 256,
+        }
+    ]
+
+
+@pytest.fixture
+def table():
+    r = []
+    # 1x: member 20 % worse outside; 4x: member 2 % worse (closes); 16x: member 10 % better (crosses)
+    for b, m, d in ((1, 60.0, 50.0), (4, 40.8, 40.0), (16, 31.5, 35.0)):
+        r += rows(b, "member", 26, "wikitext_test", [m, m, m])
+        r += rows(b, "direct", 26, "wikitext_test", [d * 0.9, d, d * 1.1])
+    # inside: the direct student keeps improving; outside (above) it improves too until 16x, then worsens
+    for b, m, d in ((1, 30.0, 20.0), (4, 25.0, 15.0), (16, 22.0, 10.0)):
+        r += rows(b, "member", 26, "corpus_held_out", [m, m, m])
+        r += rows(b, "direct", 26, "corpus_held_out", [d, d, d])
+    r += acc(1, "member", 26, 0.20) + acc(1, "direct", 26, 0.30)
+    return pd.DataFrame(r)
+
+
+def test_pooled_perplexity_is_exp_of_summed_nll_over_tokens(table):
+    p = pooled(table)
+    direct = p[(p.method == "direct") & (p.budget == 1) & (p.text == "wikitext_test")].iloc[0]
+    assert direct.value == pytest.approx(math.exp((math.log(45) + math.log(50) + math.log(55)) / 3))
+    assert (direct.lo, direct.hi) == pytest.approx((45.0, 55.0))
+
+
+def test_gaps_call_each_budget_by_the_criterion(table):
+    g = gaps(table)
+    out = g[g.text == "wikitext_test"].set_index("budget")
+    assert out.loc[1, "call"] == "member worse"
+    assert out.loc[4, "call"] == "closes"
+    assert out.loc[16, "call"] == "member better"
+    assert out.loc[16, "gap"] < -0.05
+    lam = g[g.text == "lambada"].iloc[0]
+    assert lam.gap == pytest.approx(-0.10)
+    assert lam.stderrs == pytest.approx(-0.10 / math.hypot(0.03, 0.03))
+    assert lam.call == "worse"  # 2.4 combined stderrs
+
+
+def test_forgetting_is_better_inside_and_worse_outside_on_every_stretch(table):
+    f = forgetting(table).set_index("to_budget")
+    assert not f.loc[4, "forgetting"] and f.loc[4, "ruled_out"]  # 1x -> 4x: better everywhere
+    assert bool(f.loc[4, "inside_change"] < 0)
+    # 4x -> 16x: direct outside 40 -> 35 pooled, better: no forgetting; make one stretch worse and it is not called
+    worse = table.copy()
+    sel = (worse.method == "direct") & (worse.budget == 16) & (worse.text == "wikitext_test")
+    worse.loc[sel, "value"] = 45.0
+    worse.loc[sel, "nll"] = 1000 * math.log(45.0)
+    f = forgetting(worse).set_index("to_budget")
+    assert f.loc[16, "forgetting"]
+
+
+def test_crossing_extrapolates_a_line_in_log_tokens(table):
+    c = crossing(gaps(table)).iloc[0]
+    assert c.points == 3
+    assert c.slope_per_10x < 0
+    assert 4_000 < c.crossing_tokens < 16_000  # the gap changes sign between 4x and 16x
+
+
+def test_reading_quotes_the_calls(table):
+    text = " ".join(budget_reading(table))
+    assert "20 % worse at 1k tokens (member worse)" in text
+    assert "narrowed" in text
