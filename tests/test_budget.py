@@ -92,6 +92,13 @@ def test_forgetting_is_better_inside_and_worse_outside_on_every_stretch(table):
     worse.loc[sel, "nll"] = 1000 * math.log(45.0)
     f = forgetting(worse).set_index("to_budget")
     assert f.loc[16, "forgetting"]
+    # one stretch worse, the others better: within what the stretches disagree on, not forgetting
+    one = table.copy()
+    sel = (one.method == "direct") & (one.budget == 16) & (one.text == "wikitext_test") & (one.stretch == 0)
+    one.loc[sel, "value"] = 45.0
+    one.loc[sel, "nll"] = 1000 * math.log(45.0)
+    f = forgetting(one).set_index("to_budget")
+    assert not f.loc[16, "forgetting"] and not f.loc[16, "ruled_out"]
 
 
 def test_crossing_extrapolates_a_line_in_log_tokens(table):
