@@ -7,13 +7,16 @@ global steps of 4 x 128 tokens, 82k tokens), the members in the main job's `klpa
 direct students by 48/26/14 % at 20/23/26 layers. This study asks whether that gap closes, crosses or stays as the
 budget grows, and whether forgetting drives it.
 
-Cells (planned before the runs; each a distillation with the quick recipe, its step counts multiplied by m):
+Cells (each a distillation with the quick recipe, its step counts multiplied by m):
 - F{m}: the family's student (16 of SmolLM2-135M-Instruct's 30 layers, the quick plan) at m x the quick budget, then
   its `klpatch` order searched once with the quick profile's search settings and saved beside it;
 - D{L}_{m}: a student distilled directly at L layers, started from the teacher layers of the L-layer member of F{m}'s
   own `klpatch` order, with the same recipe and steps (it waits for F{m}'s order).
-Budgets 1x, 4x (327k tokens) and 8x (655k tokens); 16x (1.3M tokens, one pass over the corpus) does not fit this
-session's CPU time and is left out. 26 layers is carried furthest (1x, 4x, 8x), 20 and 23 layers to 4x.
+Planned before the runs: 1x, 4x (327k tokens) and 8x (655k tokens), 26 layers carried furthest. What ran (2026-12-07):
+this session's machine is an AMD EPYC with AVX2 only, where bf16 is emulated (a quick global step took ~160 s under
+bf16 autocast), so every run here is float32 (`models.loading.autocast_for`), and the CPU was shared with five other
+jobs: the 4x family student was restarted as 2x (164k tokens) after 30 of its 640 steps, when its projected end
+passed the session's. Run: 1x (F1, D26_1, D23_1, D20_1) and 2x (F2, D26_2); 4x, 8x and 16x left out.
 Every run reads only the corpus's training part: the last 2 % of each corpus file (`data.corpus_text(f, "held_out")`)
 is held out, and is the "inside" evaluation text.
 
@@ -38,8 +41,8 @@ Criterion, stated before the runs (2026-12-07, 01:50 UTC):
 Run (each phase resumable: a finished distillation is reused, a killed one resumes from its checkpoint, evaluated
 rows are skipped):
 
-    OMP_NUM_THREADS=1 python benchmarks/study_budget.py distill --cells F1 F8 D26_8   # one process per stream
-    OMP_NUM_THREADS=1 python benchmarks/study_budget.py distill --cells F4 D26_4 D26_1 D20_1 D23_1 D23_4 D20_4
+    OMP_NUM_THREADS=1 python benchmarks/study_budget.py distill --cells F1 D26_1 D23_1 D20_1   # one process per stream
+    OMP_NUM_THREADS=1 python benchmarks/study_budget.py distill --cells F2 D26_2   # (F4 D26_4 F8 D26_8: more budget)
     python benchmarks/study_budget.py evaluate           # every finished model, into figure4_budget_cpu.csv
     python benchmarks/study_budget.py figure             # figures/figure4_budget_cpu.png
 
