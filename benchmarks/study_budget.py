@@ -74,6 +74,8 @@ WINDOW = 1024
 STRETCHES = {"wikitext_test": (0, 40_000, 80_000), "corpus_held_out": (0, 11_000, 22_000)}
 """Where each text's three disjoint 4,096-token stretches start (token offsets)."""
 TEXT_KIND = {"wikitext_test": "outside", "corpus_held_out": "inside", "lambada": "outside"}
+PRIORITY = (30, 26, 16)
+"""Evaluated first: the teacher, the size carried furthest, the student."""
 LAMBADA = "lambada_openai_local"
 LAMBADA_LIMIT = 256
 COLUMNS = [
@@ -272,7 +274,7 @@ def _seconds(folder: Path) -> float:
 def cmd_evaluate(args) -> None:
     import pandas as pd
 
-    from boomerang_lab.evaluate.sweep import SweepConfig, _evaluate
+    from boomerang_lab.evaluate.sweep import SweepConfig, _evaluate_task
     from boomerang_lab.models.loading import load_model
     from boomerang_lab.store.atomic import atomic_path
 
@@ -286,7 +288,11 @@ def cmd_evaluate(args) -> None:
     have = set(map(tuple, table[KEY].astype(str).values.tolist())) if len(table) else set()
     ids = {text: text_ids(tokenizer, text) for text in STRETCHES}
     lambada_config = SweepConfig(profile=args.profile, limit=LAMBADA_LIMIT, autocast=None).resolved()
-    for budget, method, layers, k, seconds, load in models_to_evaluate(runs, teacher, plan, args.profile):
+    candidates = sorted(
+        models_to_evaluate(runs, teacher, plan, args.profile),
+        key=lambda c: (c[2] not in PRIORITY, c[0] > 0 and c[1] == "member" and c[2] not in PRIORITY, c[0], c[1]),
+    )  # the teacher, then 26 layers and the student at every budget, then the other sizes
+    for budget, method, layers, k, seconds, load in candidates:
         config = scaled_profile(args.profile, max(budget, 1)).distill
         tokens = 0 if method == "teacher" else train_tokens(config)
         common = dict(
@@ -313,7 +319,7 @@ def cmd_evaluate(args) -> None:
         t0 = time.perf_counter()
         for text, i in todo:
             if text == "lambada":
-                got = _evaluate(model, tokenizer, LAMBADA, lambada_config)
+                got = _evaluate_task(model, tokenizer, LAMBADA, lambada_config)  # float32: no autocast
                 acc = got[got.metric == "acc"].iloc[0]
                 rows.append(
                     {
