@@ -98,7 +98,7 @@ def distill_family(profile, teacher, tokenizer, plan, out: Path, logfile: Path) 
     from boomerang_lab.models.student import init_student
     from boomerang_lab.store.locks import folder_lock
     from boomerang_lab.study.stages import search_orders
-    from boomerang_lab.text_data import packed_blocks
+    from boomerang_lab.data import packed_blocks
 
     config = distill_profile(profile, output_dir=str(out))
     with folder_lock(out):

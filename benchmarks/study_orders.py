@@ -44,7 +44,7 @@ from boomerang_lab.models.loading import cache_dir, load_student
 from boomerang_lab.report.curves import order_curves
 from boomerang_lab.report.plots import save_figure
 from boomerang_lab.store.atomic import atomic_write_text
-from boomerang_lab.text_data import packed_blocks
+from boomerang_lab.data import packed_blocks
 
 ORDERS = ("last", "first", "klpatch", "optimal")
 

@@ -58,7 +58,7 @@ from boomerang_lab.models.adapters import layers_of
 from boomerang_lab.models.loading import load_student
 from boomerang_lab.report.curves import curve_quality
 from boomerang_lab.store.atomic import atomic_write_text
-from boomerang_lab.text_data import packed_blocks
+from boomerang_lab.data import packed_blocks
 
 HERE = Path(__file__).resolve().parent
 

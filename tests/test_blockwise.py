@@ -292,8 +292,8 @@ def test_bad_stage_settings_are_clear_errors(tmp_path):
 
 
 def test_the_local_order_patches_the_worst_fitting_blocks_first():
-    from boomerang_lab.distill.local import local_order
     from boomerang_lab.family.members import Family
+    from boomerang_lab.family.search import local_order
 
     teacher = tiny_model("llama")
     student = init_student(teacher, PLAN)

@@ -18,9 +18,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..config.evaluate import PPL_TASK
+from ..config.evaluate import PPL_TASK, PerplexityConfig
+from ..data import calibration_set
 from ..family.members import Family
-from ..family.search import calibration_set
 from ..models.adapters import layers_of
 from ..models.plan import LayerPlan
 from ..store.atomic import atomic_path
@@ -28,7 +28,7 @@ from ..store.locks import folder_lock, write_lock
 from ..store.manifest import DamagedFile
 from .baselines import block_influence, laco_pruning, naive_pruning, shortgpt, teacher_view
 from .lm_eval import evaluate_lm
-from .perplexity import PerplexityConfig, perplexity
+from .perplexity import perplexity
 from .tasks import LOCAL_TASKS, NOT_COMPARABLE
 
 COLUMNS = [

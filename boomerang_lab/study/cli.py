@@ -25,65 +25,33 @@ def cmd_sizes(args: argparse.Namespace) -> None:
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
-    """Distil a student from the teacher with a profile's recipe (rerun the same command to resume)."""
-    from ..distill.trainer import distill
+    """Distil a student from the teacher with a profile's recipe (rerun the same command to resume): the family's
+    student (`stages.distill_students`, as the pipeline), or one at a size of the family (`stages.distill_direct`)."""
     from ..models.loading import load_model
-    from ..models.student import init_student
-    from ..text_data import packed_blocks
+    from .stages import distill_direct, distill_students
 
-    chosen = get_profile(args.profile, distill=_field_overrides(args, "distill"), plan=_field_overrides(args, "plan"))
-    config = chosen.distill
+    changes = _field_values(args)
+    run = changes.setdefault("distill", {})
+    run["use_cpu"] = args.cpu or run.get("use_cpu", False)
     switched_off = {f"{term}_weight": 0.0 for term in ("ce", "kl", "cos") if getattr(args, f"no_{term}")}
-    run = {
-        "output_dir": args.out or f"runs/{chosen.name}/student",
-        "use_cpu": args.cpu or config.use_cpu,
-        "loss": switched_off,
-    }
-    config = get_profile(chosen, distill=run).distill
-    teacher, tokenizer = load_model(config.teacher)
+    run["loss"] = {**run.get("loss", {}), **switched_off}
+    chosen = get_profile(args.profile, **changes)
+    teacher, tokenizer = load_model(chosen.teacher)
     plan = chosen.layer_plan(len(_layers(teacher)))
-    student = init_student(teacher, plan, random_init=config.student_init == "random", seed=config.seed)
-    data = packed_blocks(
-        tokenizer,
-        args.data,
-        config.seq_len,
-        name=args.data_config,
-        split=args.split,
-        text_field=args.text_field,
-        packing=config.packing,
-    )
+    data = {"source": args.data, "name": args.data_config, "split": args.split, "text_field": args.text_field}
     if args.size is not None or args.layers is not None:
-        out = _distill_direct(args, chosen, config, teacher, tokenizer, plan, data)
-        print(f"Student distilled at size k={args.size} written to {out}")
+        out = distill_direct(
+            chosen, teacher, tokenizer, plan, args.size, args.layers, args.order, args.family_student, args.out, data
+        )
+        print(f"Direct student written to {out}")
         return
+    config = chosen.distill
     print(
         f"teacher {config.teacher}: {plan}; {config.max_steps} steps of {config.batch_size}x{config.grad_accum}"
         f"x{config.seq_len} tokens"
     )
-    out = distill(teacher, student, plan, data, config, tokenizer)
-    print(f"Student written to {out}")
-
-
-def _distill_direct(args: argparse.Namespace, chosen, config, teacher, tokenizer, plan, data):
-    """`distill --size k` / `--layers N`: a student distilled directly at the family's size k (direct.py)."""
-    from dataclasses import replace
-
-    from ..evaluate.direct import direct_student, resolve_order, size_for_layers
-    from ..family.members import Family
-    from ..models.loading import load_student
-
-    family = None
-    if args.family_student:
-        student, _, student_plan = load_student(args.family_student)
-        if student_plan != plan:
-            raise ValueError(f"{args.family_student} has the plan {student_plan}; the profile's is {plan}.")
-        family = Family(teacher, student, plan)
-    order = resolve_order(plan, args.order, family)
-    if args.size is None:
-        args.size = size_for_layers(plan, order, args.layers)
-    out = args.out or f"runs/{chosen.name}/direct_k{args.size}_{order.name}"
-    final = replace(chosen, distill=config)  # the profile with every flag applied
-    return direct_student(teacher, tokenizer, plan, args.size, order, final, out, family=family, data=data)
+    runs = distill_students(chosen, teacher, tokenizer, plan, args.out or f"runs/{chosen.name}/student", data=data)
+    print(f"Student written to {runs['teacher-initialised']}")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -107,7 +75,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from ..evaluate import SweepConfig, sweep
     from ..models.loading import load_model, load_student
 
-    chosen = get_profile(args.profile, plan=_field_overrides(args, "plan"))
+    chosen = get_profile(args.profile, **_field_values(args))
     teacher_name = args.teacher or chosen.teacher
     device = _rank_device()
     teacher, tokenizer = load_model(teacher_name, dtype=args.dtype, device=device)
@@ -232,78 +200,66 @@ def _add_profile_arg(parser: argparse.ArgumentParser, help: str = PROFILE_HELP) 
     parser.add_argument("--profile", default="quick", metavar="NAME|FILE", help=help)
 
 
-# --- flags generated from the profile's dataclasses ----------------------------------------------------------------
+# --- flags generated from the profile's schema ---------------------------------------------------------------------
 def _add_field_args(
     parser: argparse.ArgumentParser, section: str, skip: tuple[str, ...] = (), title: str | None = None
 ) -> None:
-    """One flag per leaf field of the profile's `section` (distill, plan, ...), named after the field, with the
-    field's help text; a nested field whose name is taken gets its parent's prefix (--loss-compile). The value is
-    checked against the field's type when the profile is built."""
-    from ..config.profiles import Profile, field_rows
+    """One flag per leaf field of the profile's `section` (distill, plan, ...), named after the field, with its help;
+    a nested field whose name is taken gets its parent's prefix (--loss-compile). The flag's shape comes from the
+    field's JSON schema (pydantic): a boolean is an on/off pair, an array takes its items, anything else one value.
+    Each value is read as a JSON scalar (else as text) and checked with the profile, like a file's value."""
+    from ..config.profiles import field_rows
 
-    rows = [
-        (path.removeprefix(f"{section}."), tp, help)
-        for path, tp, help in field_rows(Profile)
-        if path.startswith(f"{section}.")
-    ]
+    rows = [(path.removeprefix(f"{section}."), tp, h) for path, tp, h in field_rows() if path.startswith(f"{section}.")]
     rows = [r for r in rows if r[0] not in skip]
     leaves = [path.rpartition(".")[2] for path, _, _ in rows]
-    group = parser.add_argument_group(title or f"{section} settings (default: the profile's)")
+    group = parser.add_argument_group(title)
     for (path, tp, help), leaf in zip(rows, leaves):
-        name = leaf if "." not in path or leaves.count(leaf) == 1 else path.replace(".", "-")
+        name = leaf if leaves.count(leaf) == 1 else path.replace(".", "-")
         flag = "--" + name.replace("_", "-")
-        group.add_argument(
-            flag,
-            dest=f"field:{section}.{path}",
-            default=None,
-            help=(help or "(no help text)").replace("%", "%%"),
-            **_arg_kind(tp),
-        )
+        group.add_argument(flag, dest=f"field:{section}.{path}", help=help.replace("%", "%%"), **_shape(tp))
 
 
-def _arg_kind(tp) -> dict:
-    import types
-    import typing
+def _shape(tp) -> dict:
+    from pydantic import TypeAdapter
 
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        rest = [a for a in args if a is not type(None)]
-        if set(rest) == {int, float}:
-            return {"type": _limit, "metavar": "N"}
-        if len(rest) == 1:
-            return _arg_kind(rest[0])
-        return {"type": _literal}
-    if tp is bool:
+    schema = TypeAdapter(tp).json_schema()
+    if schema.get("type") == "boolean":
         return {"action": argparse.BooleanOptionalAction}
-    if tp in (int, float, str):
-        return {"type": tp, "metavar": tp.__name__.upper()}
-    if origin in (tuple, list):
-        item = args[0] if args else str
-        count = len(args) if origin is tuple and args and (len(args) != 2 or args[1] is not Ellipsis) else "+"
-        kind = item if item in (int, float, str) else _literal
-        name = kind.__name__.upper() if kind is not _literal else "VALUE"
-        return {"nargs": count, "type": kind, "metavar": tuple([name] * count) if count != "+" else name}
-    return {"type": _literal}
+    if schema.get("type") == "array":
+        if "prefixItems" not in schema:
+            return {"type": _value, "nargs": "+", "metavar": _metavar(schema.get("items", {}))}
+        return {
+            "type": _value,
+            "nargs": len(schema["prefixItems"]),
+            "metavar": tuple(map(_metavar, schema["prefixItems"])),
+        }
+    return {"type": _value, "metavar": _metavar(schema)}
 
 
-def _literal(text: str):
-    """A value of a type the flag cannot name: read as YAML (a number, true/false, null, a list, a mapping)."""
-    import yaml
-
-    return yaml.safe_load(text)
+def _metavar(schema: dict) -> str:
+    return "|".join(s.get("type", "value").upper() for s in schema.get("anyOf", [schema]))
 
 
-def _field_overrides(args: argparse.Namespace, section: str) -> dict:
-    """The nested mapping of the `section` fields given on the command line."""
+def _value(text: str):
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _field_values(args: argparse.Namespace) -> dict:
+    """The profile fields given on the command line, as nested mappings ({"distill": {"loss": {...}}, ...})."""
     out: dict = {}
     for dest, value in vars(args).items():
-        if not dest.startswith(f"field:{section}.") or value is None:
-            continue
-        *parents, leaf = dest.removeprefix(f"field:{section}.").split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = list(value) if isinstance(value, tuple) else value
+        if dest.startswith("field:") and value is not None:
+            *parents, leaf = dest.removeprefix("field:").split(".")
+            node = out
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
     return out
 
 
