@@ -147,7 +147,7 @@ def test_no_module_imports_profiles_back_through_compatibility_names():
 
 
 def test_a_recipe_is_the_profiles_own():
-    assert distill_module.profile("paper", max_steps=3) == profiles.get("paper", distill={"max_steps": 3}).distill
+    assert profiles.distill_config("paper", max_steps=3) == profiles.get("paper", distill={"max_steps": 3}).distill
     profiles.get("quick").distill.max_steps = 1  # a copy: the registry does not change
     assert PROFILES["quick"].distill.max_steps != 1
 
@@ -186,7 +186,7 @@ def test_a_partial_file_changes_only_what_it_lists(tmp_path):
     assert mine.distill.betas == (0.8, 0.9) and mine.evaluate.tasks == ("wikitext_ppl",) and mine.evaluate.limit == 0.5
     assert mine.distill.loss.cos_weight == quick.distill.loss.cos_weight and mine.distill.lr == quick.distill.lr
     assert mine.plan.keep_first == 2 and mine.evaluate.ppl == quick.evaluate.ppl
-    assert distill_module.profile(str(path)).max_steps == 64  # what the notebooks call
+    assert profiles.distill_config(str(path)).max_steps == 64  # what the notebooks call
 
 
 @pytest.mark.parametrize(
@@ -358,7 +358,7 @@ def test_distill_ignores_the_padding_of_unpacked_rows(tmp_path):
     """The padded tail changes no loss term: a row and the same row with other padding tokens train the same."""
     from datasets import Dataset
 
-    from boomerang_lab.distill.losses import LossConfig
+    from boomerang_lab.config.distill import LossConfig
     from boomerang_lab.distill.trainer import DistillTrainer
 
     teacher = tiny_model("llama")
@@ -512,14 +512,14 @@ def test_a_student_distilled_before_a_field_existed_is_reused(tmp_path):
     from boomerang_lab.distill.trainer import CONFIG_FILE, finished
 
     plan = LayerPlan.paper(8)
-    config = distill_module.profile("smoke", output_dir=str(tmp_path / "student"))
+    config = profiles.distill_config("smoke", output_dir=str(tmp_path / "student"))
     old = asdict(config)
     del old["packing"]
     (tmp_path / "student").mkdir()
     (tmp_path / "student" / CONFIG_FILE).write_text(json.dumps({"config": old, "plan": plan.to_dict()}))
     assert finished(config, plan)
     with pytest.raises(ValueError, match=r"'packing': \(True, False\)"):
-        finished(distill_module.profile("smoke", output_dir=str(tmp_path / "student"), packing=False), plan)
+        finished(profiles.distill_config("smoke", output_dir=str(tmp_path / "student"), packing=False), plan)
 
 
 def test_result_summaries_mark_the_copies_that_are_not_comparable():

@@ -33,7 +33,6 @@ from transformers.trainer_utils import load_sharded_checkpoint
 from transformers.utils.notebook import NotebookProgressCallback
 
 from ..config.distill import DistillConfig, LossConfig
-from ..config.profiles import distill_config as profile  # noqa: F401  (the old name of distill_config)
 from ..models.adapters import get_adapter, layers_of
 from ..models.loading import resolve_dtype
 from ..models.plan import LayerPlan
@@ -141,7 +140,7 @@ class DistillTrainer(_TeacherTrainer):
 
 
 class LocalTrainer(_TeacherTrainer):
-    """The local stage (blockwise.py): each multi-layer student layer maps its block's teacher input to its output."""
+    """The local stage (local.py): each multi-layer student layer maps its block's teacher input to its output."""
 
     def __init__(self, *args, local_loss: str = "nmse", **kwargs):
         super().__init__(*args, **kwargs)
@@ -218,7 +217,7 @@ def distill(
     """Train `student` towards the frozen `teacher` on token blocks (`data` rows: "input_ids"); return its directory.
 
     Two stages, each skipped when its step count is 0: `local_steps` of blockwise local distillation (each
-    multi-layer student layer alone, in the teacher's context; blockwise.py), then `max_steps` of the global
+    multi-layer student layer alone, in the teacher's context; distill/local.py), then `max_steps` of the global
     objective (CE + KL + cosine alignment). Checkpoints go to `<output_dir>.partial/<stage>/`; rerunning the same
     call resumes from the last complete one (a finished stage is not rerun). The student directory (model,
     tokenizer, plan files, train_log.csv, distill_config.json) appears only when done; a finished directory of the

@@ -15,7 +15,7 @@ into its two halves so that frozen parameters are counted right):
         student forward                 2 N(student layers + head) + A(student)
         student backward, activations   2 N(student layers + head) + 2 A(student)  (gradients reach every layer)
         student backward, weights       2 N(trained student weights)  (frozen embeddings and head: none for them)
-    local stage (`blockwise.py`: each multi-layer student layer alone, in the teacher's context)
+    local stage (`distill/local.py`: each multi-layer student layer alone, in the teacher's context)
         teacher backbone forward        2 N(teacher layers) + A(teacher)  (no head)
         trained student layers          6 N(those layers) + 3 A(those layers)  (forward, both backward halves)
 
