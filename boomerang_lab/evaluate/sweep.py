@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..config.evaluate import PPL_TASK, PerplexityConfig
+from ..config.profiles import get
 from ..data import calibration_set
 from ..family.members import Family
 from ..models.adapters import layers_of
@@ -73,8 +74,6 @@ class SweepConfig:
     progress: bool = True
 
     def resolved(self) -> "SweepConfig":
-        from ..config.profiles import get
-
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ValueError(f"Unknown method(s) {bad}; use {', '.join(METHODS)}.")
@@ -461,6 +460,4 @@ def _name(model: PreTrainedModel) -> str:
 def _search_config(profile: str):
     """The profile's settings for KL-searched orders (`pipeline.search`): what `klpatch`/`optimal` use in a sweep
     when no order is saved next to the student with its own."""
-    from ..config.profiles import get
-
     return get(profile).pipeline.search

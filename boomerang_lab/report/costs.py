@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
+from ..config.profiles import get
 from ..models.adapters import get_adapter, layers_of
 from ..models.plan import LayerPlan
 
@@ -165,7 +166,6 @@ def family_costs(config: PretrainedConfig, profile="paper", order: str = "last")
     """One row per model a user could want, the family's student (k=0) and every intermediate size k=1..K-1, with
     the training FLOPs of distilling it with `profile`'s recipe (a name, a file or a Profile) on `config`'s teacher.
     The family gets every intermediate size from the k=0 run alone."""
-    from ..config.profiles import get
     from ..evaluate.direct import direct_plan, resolve_order
 
     chosen = get(profile)

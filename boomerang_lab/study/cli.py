@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ..models.plan import LayerPlan
+from ..config.profiles import PROFILES, Profile, field_rows, fields_help, table
+from ..config.profiles import get as get_profile
 
 
 def cmd_sizes(args: argparse.Namespace) -> None:
@@ -17,7 +16,7 @@ def cmd_sizes(args: argparse.Namespace) -> None:
     from ..models.student import init_student
 
     teacher, _ = load_model(args.teacher, dtype=args.dtype)
-    plan = _plan(args, teacher)
+    plan = get_profile(Profile(), **_field_values(args)).layer_plan(len(_layers(teacher)))
     family = Family(teacher, init_student(teacher, plan), plan)
     table = family.sizes(args.order)
     print(f"teacher {args.teacher}: {plan}")
@@ -125,8 +124,6 @@ def _rank_device():
 
 def cmd_profiles(args: argparse.Namespace) -> None:
     """Print every profile's values (one column each), or one profile as YAML to start a file from."""
-    from ..config.profiles import PROFILES, table
-
     if args.show:
         import yaml
 
@@ -148,13 +145,6 @@ def cmd_profiles(args: argparse.Namespace) -> None:
     print(_markdown(frame))
 
 
-def get_profile(name, **overrides):
-    """`profiles.get`, imported on use (it loads torch and transformers)."""
-    from ..config.profiles import get
-
-    return get(name, **overrides)
-
-
 def _markdown(frame) -> str:
     header = ["field", *map(str, frame.columns)]
     rows = [[str(i), *map(str, row)] for i, row in zip(frame.index, frame.itertuples(index=False))]
@@ -172,21 +162,6 @@ def _limit(text: str) -> int | float:
     """An example count per task (100) or a fraction of each task (0.1)."""
     value = float(text)
     return int(value) if value.is_integer() else value
-
-
-def _plan(args: argparse.Namespace, teacher) -> LayerPlan:
-    """The paper-style plan the --keep-first/--keep-last/--every flags describe, for this teacher."""
-    from ..models.plan import LayerPlan  # noqa: F811
-
-    return LayerPlan.paper(
-        len(_layers(teacher)), keep_first=args.keep_first, keep_last=args.keep_last, every=args.every
-    )
-
-
-def _add_plan_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--keep-first", type=int, default=1, help="teacher layers kept at the start (paper: 1)")
-    parser.add_argument("--keep-last", type=int, default=2, help="teacher layers kept at the end (paper: 2)")
-    parser.add_argument("--every", type=int, default=2, help="keep every n-th layer in between (paper: 2)")
 
 
 PROFILE_HELP = (
@@ -208,8 +183,6 @@ def _add_field_args(
     a nested field whose name is taken gets its parent's prefix (--loss-compile). The flag's shape comes from the
     field's JSON schema (pydantic): a boolean is an on/off pair, an array takes its items, anything else one value.
     Each value is read as a JSON scalar (else as text) and checked with the profile, like a file's value."""
-    from ..config.profiles import field_rows
-
     rows = [(path.removeprefix(f"{section}."), tp, h) for path, tp, h in field_rows() if path.startswith(f"{section}.")]
     rows = [r for r in rows if r[0] not in skip]
     leaves = [path.rpartition(".")[2] for path, _, _ in rows]
@@ -264,8 +237,6 @@ def _field_values(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..config.profiles import PROFILES, fields_help
-
     epilog = (
         "profiles: " + ", ".join(PROFILES) + " or a .yaml/.json file (`boomerang profiles` prints their "
         "values).\nA profile's fields:\n" + fields_help()
@@ -279,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     sizes.add_argument("--teacher", default="smollm2-135m", help="hub id, local path, or smollm2-135m")
     sizes.add_argument("--dtype", default="float32")
     sizes.add_argument("--order", default="last")
-    _add_plan_args(sizes)
+    _add_field_args(sizes, "plan", title="the student's layers (default: the paper's)")
     sizes.set_defaults(func=cmd_sizes)
 
     dist = sub.add_parser(
