@@ -274,10 +274,10 @@ def test_help_shows_the_fields_help(capsys):
         main(["distill", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     for flag, text in (
-        ("--kl-weight NUMBER", "weight of the KL"),
+        ("--kl-weight FLOAT", "weight of the KL"),
         ("--packing, --no-packing", "one document per sequence"),
-        ("--keep-first INTEGER", "teacher layers kept at the start"),
-        ("--betas NUMBER NUMBER", "AdamW betas"),
+        ("--keep-first INT", "teacher layers kept at the start"),
+        ("--betas FLOAT FLOAT", "AdamW betas"),
         ("--loss-compile, --no-loss-compile", "per-chunk"),
         ("--compile, --no-compile", "regional compilation"),
     ):

@@ -417,8 +417,12 @@ def _message(error: dict, data: dict, where: str) -> str:
     value = functools.reduce(lambda node, key: node.get(key) if isinstance(node, dict) else None, path, data)
     if is_dataclass(hint):
         return f"{at} must be a mapping of {hint.__name__} fields ({_names(hint)}), got {value!r}."
-    kind = re.sub(r"\bNone(Type)?\b", "null", re.sub(r"<class '(\w+)'>", r"\1", str(hint)))
-    return f"{at} must be {kind}, got {value!r} ({type(value).__name__})."
+    return f"{at} must be {type_name(hint)}, got {value!r} ({type(value).__name__})."
+
+
+def type_name(hint: Any) -> str:
+    """A field's type as written in its class (int, tuple[float, float], int | float | null)."""
+    return re.sub(r"\bNone(Type)?\b", "null", re.sub(r"<class '(\w+)'>", r"\1", str(hint)))
 
 
 # --- help and the table --------------------------------------------------------------------------------------------
@@ -454,18 +458,20 @@ def flatten(profile: Profile) -> dict[str, Any]:
     return out
 
 
-def table(names: list[str | Path] | None = None, help: bool = True):
-    """One row per field (dotted path), one column per profile (all built-in ones by default), plus its help: a
-    pandas DataFrame."""
-    import pandas as pd
-
+def table(names: Sequence[str | Path] | None = None, help: bool = True) -> str:
+    """A markdown table: one row per field (dotted path; name and description left out), one column per profile (all
+    built-in ones by default), plus each field's help (`boomerang profiles`)."""
     chosen = [get(n) for n in (names or list(PROFILES))]
-    values = {p.name: {k: _show(v) for k, v in flatten(p).items()} for p in chosen}
-    frame = pd.DataFrame(values)
-    frame.index.name = "field"
-    if help:
-        frame["help"] = [dict((path, h) for path, _, h in field_rows()).get(i, "") for i in frame.index]
-    return frame
+    helps = {path: text for path, _, text in field_rows()}
+    values = [flatten(p) for p in chosen]
+    header = ["field", *(p.name for p in chosen), *(["help"] if help else [])]
+    rows = [
+        [path, *(_show(v[path]) for v in values), *([helps.get(path, "")] if help else [])]
+        for path in values[0]
+        if path not in ("name", "description")
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def _show(value: Any) -> str:

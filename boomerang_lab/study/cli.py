@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 
-from ..config.profiles import PROFILES, Profile, field_rows, fields_help, table
+from ..config.profiles import PROFILES, Profile, field_rows, fields_help, table, type_name
 from ..config.profiles import get as get_profile
 
 
@@ -139,17 +140,8 @@ def cmd_profiles(args: argparse.Namespace) -> None:
     chosen = [get_profile(n) for n in names]
     for profile in chosen:
         print(f"{profile.name}: {profile.description}")
-    frame = table(names, help=args.help_text).drop(index=["name", "description"])
-    frame.columns = [p.name for p in chosen] + (["help"] if args.help_text else [])
     print()
-    print(_markdown(frame))
-
-
-def _markdown(frame) -> str:
-    header = ["field", *map(str, frame.columns)]
-    rows = [[str(i), *map(str, row)] for i, row in zip(frame.index, frame.itertuples(index=False))]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    print(table(chosen, help=args.help_text))
 
 
 def _layers(model):
@@ -180,9 +172,8 @@ def _add_field_args(
     parser: argparse.ArgumentParser, section: str, skip: tuple[str, ...] = (), title: str | None = None
 ) -> None:
     """One flag per leaf field of the profile's `section` (distill, plan, ...), named after the field, with its help;
-    a nested field whose name is taken gets its parent's prefix (--loss-compile). The flag's shape comes from the
-    field's JSON schema (pydantic): a boolean is an on/off pair, an array takes its items, anything else one value.
-    Each value is read as a JSON scalar (else as text) and checked with the profile, like a file's value."""
+    a nested field whose name is taken gets its parent's prefix (--loss-compile). A value is read as a JSON scalar
+    (else as text) and validated with the profile (pydantic), exactly as the same value in a profile file."""
     rows = [(path.removeprefix(f"{section}."), tp, h) for path, tp, h in field_rows() if path.startswith(f"{section}.")]
     rows = [r for r in rows if r[0] not in skip]
     leaves = [path.rpartition(".")[2] for path, _, _ in rows]
@@ -194,24 +185,15 @@ def _add_field_args(
 
 
 def _shape(tp) -> dict:
-    from pydantic import TypeAdapter
-
-    schema = TypeAdapter(tp).json_schema()
-    if schema.get("type") == "boolean":
+    """A bool is an on/off pair, a tuple takes its items (tuple[float, float]: two), anything else one value."""
+    if tp is bool:
         return {"action": argparse.BooleanOptionalAction}
-    if schema.get("type") == "array":
-        if "prefixItems" not in schema:
-            return {"type": _value, "nargs": "+", "metavar": _metavar(schema.get("items", {}))}
-        return {
-            "type": _value,
-            "nargs": len(schema["prefixItems"]),
-            "metavar": tuple(map(_metavar, schema["prefixItems"])),
-        }
-    return {"type": _value, "metavar": _metavar(schema)}
-
-
-def _metavar(schema: dict) -> str:
-    return "|".join(s.get("type", "value").upper() for s in schema.get("anyOf", [schema]))
+    items = typing.get_args(tp) if typing.get_origin(tp) is tuple else ()
+    if items and items[-1] is Ellipsis:
+        return {"type": _value, "nargs": "+", "metavar": type_name(items[0]).upper()}
+    if items:
+        return {"type": _value, "nargs": len(items), "metavar": tuple(type_name(t).upper() for t in items)}
+    return {"type": _value, "metavar": type_name(tp).upper().replace(" ", "")}
 
 
 def _value(text: str):
