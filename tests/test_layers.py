@@ -132,7 +132,13 @@ def test_the_checks_see_what_they_must(tmp_path):
     assert cycles(edges) == [["boomerang_lab.distill.probe", "boomerang_lab.family.members"]]
 
 
-HEAVY = ("accelerate", "datasets", "transformers.trainer")
+HEAVY = ("accelerate", "datasets", "transformers.trainer", "torch")
+
+
+def run(code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
 
 
 def test_reading_a_profile_imports_no_training_stack():
@@ -142,5 +148,18 @@ def test_reading_a_profile_imports_no_training_stack():
         "profiles.get('quick'); profiles.get('paper', distill={'max_steps': 3}); profiles.field_rows()\n"
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent, check=True)
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    assert run(code) == "[]"
+
+
+def test_the_public_api_and_the_order_registry_need_no_side_effect_imports():
+    """The names `from boomerang_lab import ...` gives (imported on first use), and every built-in order in the
+    registry as soon as the registry's own module is imported."""
+    code = (
+        "from boomerang_lab.family.members import ORDERS\n"
+        "print(sorted(ORDERS))\n"
+        "from boomerang_lab import ADAPTERS, Family, LayerPlan, Order, curve_quality, explore, get_adapter, "
+        "init_student, load_model, register_order\n"
+        "import boomerang_lab\n"
+        "assert all(getattr(boomerang_lab, n) is not None for n in boomerang_lab.__all__)\n"
+    )
+    assert run(code) == "['first', 'klpatch', 'last', 'local', 'optimal']"
