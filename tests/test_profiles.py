@@ -240,6 +240,9 @@ def test_bad_names_and_unreadable_files(tmp_path):
         profiles.get(tmp_path / "broken.json")
     with pytest.raises(ProfileError, match="distill.max_steps must be int"):
         profiles.get("quick", distill={"max_steps": "many"})
+    with pytest.raises(ProfileError, match=r"\(object\) is not a number, text, list or mapping"):
+        profiles.get("quick", distill={"teacher": object()})  # only a path is turned into text
+    assert profiles.distill_config("quick", output_dir=tmp_path).output_dir == str(tmp_path)
     with pytest.raises(ProfileError, match="already exists"):
         profiles.register(Profile(name="quick"))
 

@@ -23,7 +23,7 @@ import json
 import re
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Sequence
 
 from ..models.plan import LayerPlan
@@ -395,7 +395,12 @@ def _validate(data: dict, where: str) -> Profile:
     dataclasses' own checks (`__post_init__`) run. An error is one line: the field, the value, what is valid."""
     from pydantic import ValidationError
 
-    text = json.dumps(data, default=lambda v: dataclasses.asdict(v) if is_dataclass(v) else str(v))
+    def plain(value):  # what JSON has no word for: a settings object given from Python, or a path
+        if is_dataclass(value) or isinstance(value, PurePath):
+            return dataclasses.asdict(value) if is_dataclass(value) else str(value)
+        raise ProfileError(f"{where}: {value!r} ({type(value).__name__}) is not a number, text, list or mapping.")
+
+    text = json.dumps(data, default=plain)
     try:
         return _adapter().validate_json(text, strict=True)
     except ValidationError as err:
