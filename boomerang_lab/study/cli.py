@@ -32,9 +32,11 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
     changes = _field_values(args)
     run = changes.setdefault("distill", {})
-    run["use_cpu"] = args.cpu or run.get("use_cpu", False)
-    switched_off = {f"{term}_weight": 0.0 for term in ("ce", "kl", "cos") if getattr(args, f"no_{term}")}
-    run["loss"] = {**run.get("loss", {}), **switched_off}
+    if args.cpu:
+        run["use_cpu"] = True
+    for term in ("ce", "kl", "cos"):
+        if getattr(args, f"no_{term}"):
+            run.setdefault("loss", {})[f"{term}_weight"] = 0.0
     chosen = get_profile(args.profile, **changes)
     teacher, tokenizer = load_model(chosen.teacher)
     plan = chosen.layer_plan(len(_layers(teacher)))
