@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
-from boomerang_lab.distill.losses import LossConfig
-from boomerang_lab.distill.trainer import DistillConfig, distill
+from boomerang_lab.config.distill import DistillConfig, LossConfig
+from boomerang_lab.distill.trainer import distill
 from boomerang_lab.models.plan import LayerPlan
 from boomerang_lab.models.student import init_student
 from boomerang_lab.report.costs import SMOLLM2_135M

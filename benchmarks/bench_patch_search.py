@@ -17,7 +17,8 @@ import time
 import torch
 
 from boomerang_lab import Family, LayerPlan, Order, init_student, load_model
-from boomerang_lab.family.search import calibration_set, order_kl, patched_layers, subset_kl
+from boomerang_lab.data import calibration_set
+from boomerang_lab.family.search import order_kl, patched_layers, subset_kl
 from boomerang_lab.models.adapters import layers_of
 
 

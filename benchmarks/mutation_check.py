@@ -22,61 +22,61 @@ OLD_TESTS = "7034f55"  # the commit before issue 20's test rewrites
 
 R = "trainer.train(resume_from_checkpoint=_last_checkpoint(folder))"
 MUTATIONS = {
-    "resume_none": ("distill.py", R, "trainer.train(resume_from_checkpoint=None)"),
+    "resume_none": ("distill/trainer.py", R, "trainer.train(resume_from_checkpoint=None)"),
     "ckpt_no_state_check": (
-        "distill.py",
+        "distill/trainer.py",
         '            json.loads((path / "trainer_state.json").read_text())\n',
         "            pass\n",
     ),
-    "no_stage_reload": ("distill.py", "    if (done / LOG_FILE).exists():", "    if False:"),
-    "exactness_tolerant": ("diagrams.py", '"passed": diff == 0.0,', '"passed": diff < 1.0,'),
+    "no_stage_reload": ("distill/trainer.py", "    if (done / LOG_FILE).exists():", "    if False:"),
+    "exactness_tolerant": ("report/diagrams.py", '"passed": diff == 0.0,', '"passed": diff < 1.0,'),
     "local_loss_ignores_mask": (
-        "blockwise.py",
+        "distill/local.py",
         "if mask is None else mask.to(y.dtype)",
         "if True else mask.to(y.dtype)",
     ),
     "local_trainer_drops_mask": (
-        "distill.py",
+        "distill/trainer.py",
         "self.plan, states, mask, self.local_loss)",
         "self.plan, states, None, self.local_loss)",
     ),
     "teacher_states_drop_mask": (
-        "blockwise.py",
+        "distill/local.py",
         'masked = {} if attention_mask is None else {"attention_mask": attention_mask}',
         "masked = {}",
     ),
     "alignment_drops_last_pair": (
-        "plan.py",
+        "models/plan.py",
         "for j in range(len(self.kept) - 1)]",
         "for j in range(len(self.kept) - 2)]",
     ),
-    "last_block_empty": ("plan.py", "else self.num_teacher_layers\n", "else self.num_teacher_layers - 1\n"),
+    "last_block_empty": ("models/plan.py", "else self.num_teacher_layers\n", "else self.num_teacher_layers - 1\n"),
     "member_drops_mask": (
-        "family.py",
+        "family/members.py",
         "        model.register_forward_pre_hook(self.enter)\n",
         "        model.register_forward_pre_hook(\n"
         "            lambda m, a, k: (self.enter(), (a, {**k, 'attention_mask': None}))[1], with_kwargs=True\n"
         "        )\n",
     ),
-    "members_cached_by_size": ("family.py", "        key = tuple(sorted(patched))\n", "        key = (k,)\n"),
+    "members_cached_by_size": ("family/members.py", "        key = tuple(sorted(patched))\n", "        key = (k,)\n"),
     "layer_idx_not_restored": (
-        "family.py",
+        "family/members.py",
         "            m.layer_idx = idx\n",
         "            m.layer_idx = m.layer_idx\n",
     ),
-    "view_keeps_teacher_idx": ("family.py", "    _LayerIndexer(kept).attach(view)\n", "    pass\n"),
+    "view_keeps_teacher_idx": ("family/members.py", "    _LayerIndexer(kept).attach(view)\n", "    pass\n"),
     "limit_plus_one": (
         "evaluate/lm_eval.py",
         "                limit=limit,",
         "                limit=None if limit is None else limit + 1,",
     ),
-    "ga_loss_unscaled": ("distill.py", "    loss_is_scaled_for_ga = False", "    loss_is_scaled_for_ga = True"),
+    "ga_loss_unscaled": ("distill/trainer.py", "    loss_is_scaled_for_ga = False", "    loss_is_scaled_for_ga = True"),
     "ga_log_sums": (
-        "distill.py",
+        "distill/trainer.py",
         "torch.stack([self._term_sums[n] for n in names]) / self._term_count",
         "torch.stack([self._term_sums[n] for n in names])",
     ),
-    "bf16_ignored": ("distill.py", "        bf16=config.bf16,", "        bf16=False,"),
+    "bf16_ignored": ("distill/trainer.py", "        bf16=config.bf16,", "        bf16=False,"),
     "sweep_key_without_settings": (
         "evaluate/sweep.py",
         "        _settings(task, cand.method, cfg, dtype),\n    )",

@@ -33,8 +33,9 @@ def run(out: Path, kill_stage: str | None = None, kill_step: int = 0, recipe: st
     from transformers import TrainerCallback
 
     from boomerang_lab import LayerPlan, init_student, load_model
-    from boomerang_lab.distill.trainer import distill, profile
-    from boomerang_lab.text_data import packed_blocks
+    from boomerang_lab.config.profiles import distill_config as profile
+    from boomerang_lab.data import packed_blocks
+    from boomerang_lab.distill.trainer import distill
 
     class Kill(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):

@@ -129,14 +129,14 @@ def direct_dir(runs: Path, layers: int, multiple: int) -> Path:
 
 
 def distill_family(profile, teacher, tokenizer, plan, out: Path, logfile: Path) -> None:
+    from boomerang_lab.config.profiles import distill_config
+    from boomerang_lab.data import packed_blocks
     from boomerang_lab.distill.trainer import distill, finished
-    from boomerang_lab.distill.trainer import profile as distill_profile
     from boomerang_lab.models.student import init_student
     from boomerang_lab.store.locks import folder_lock
     from boomerang_lab.study.stages import search_orders
-    from boomerang_lab.text_data import packed_blocks
 
-    config = distill_profile(profile, output_dir=str(out))
+    config = distill_config(profile, output_dir=str(out))
     with folder_lock(out):
         if not finished(config, plan):
             t0 = time.perf_counter()

@@ -135,8 +135,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    from boomerang_lab.config.profiles import get
-    from boomerang_lab.distill.trainer import profile as distill_profile
+    from boomerang_lab.config.profiles import distill_config, get
     from boomerang_lab.evaluate.direct import direct_student, resolve_order, size_for_layers
     from boomerang_lab.evaluate.sweep import SweepConfig
     from boomerang_lab.family.members import Family
@@ -153,7 +152,7 @@ def main() -> None:
     plan_order = args.order in ("last", "first")
     start = time.perf_counter()
     sweep_config = SweepConfig(profile=args.profile).resolved()
-    tokens = train_tokens(distill_profile(args.profile))
+    tokens = train_tokens(distill_config(args.profile))
     table = read_table(results)
     log(
         f"study start: profile {args.profile}, order {args.order}, sizes {args.sizes}, {args.threads} thread(s)",
@@ -222,9 +221,9 @@ def main() -> None:
         log(f"family curve in the {args.order} order done ({time.perf_counter() - start:.0f} s)", logfile)
         return
     if args.laco:
+        from boomerang_lab.data import calibration_set
         from boomerang_lab.evaluate.baselines import laco_pruning
         from boomerang_lab.evaluate.laco import LaCoConfig
-        from boomerang_lab.family.search import calibration_set
 
         laco_config = LaCoConfig()
         calibration = calibration_set(tokenizer, laco_config.sentences, laco_config.tokens)

@@ -33,18 +33,17 @@ import torch
 from tqdm.auto import tqdm
 
 from boomerang_lab import Family, LayerPlan, curve_quality, init_student, load_model
-from boomerang_lab.config.profiles import PROFILES
-from boomerang_lab.distill.losses import LossConfig
+from boomerang_lab.config.distill import LossConfig
+from boomerang_lab.config.profiles import PROFILES, distill_config
+from boomerang_lab.data import calibration_set, packed_blocks
 from boomerang_lab.distill.trainer import LOG_FILE, distill, finished
-from boomerang_lab.distill.trainer import profile as distill_profile
 from boomerang_lab.evaluate import PerplexityConfig, perplexity, wikitext_text
-from boomerang_lab.family.search import calibration_set, objective, order_kl, search
+from boomerang_lab.family.search import objective, order_kl, search
 from boomerang_lab.models.adapters import layers_of
 from boomerang_lab.models.loading import cache_dir, load_student
 from boomerang_lab.report.curves import order_curves
 from boomerang_lab.report.plots import save_figure
 from boomerang_lab.store.atomic import atomic_write_text
-from boomerang_lab.text_data import packed_blocks
 
 ORDERS = ("last", "first", "klpatch", "optimal")
 
@@ -104,7 +103,7 @@ def student_for(name: str, recipe: Recipe, args, teacher_name: str, tokenizer, l
     plan = LayerPlan.paper(layers, keep_first=recipe.keep_first)
     loss = LossConfig() if recipe.cosine else LossConfig(cos_weight=0.0)
     path = Path(args.work) / (name.replace("=", "") + (f"_seed{args.seed}" if args.seed else ""))
-    config = distill_profile(
+    config = distill_config(
         args.profile,
         teacher=teacher_name,
         output_dir=str(path),
@@ -173,7 +172,7 @@ def main(argv: list[str] | None = None) -> Path:
         torch.set_float32_matmul_precision("high")  # TF32 matmuls: the subset search is mostly the LM head
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    teacher_name = args.teacher or distill_profile(args.profile).teacher
+    teacher_name = args.teacher or distill_config(args.profile).teacher
     teacher, tokenizer = load_model(teacher_name, device=args.device)
     calibration = calibration_set(tokenizer, settings.calib_sequences, settings.calib_len)
     text = eval_text(tokenizer, settings.ppl.max_tokens)

@@ -46,19 +46,18 @@ import pandas as pd
 import torch
 
 from boomerang_lab import Family, LayerPlan, init_student, load_model
-from boomerang_lab.data import data_file
+from boomerang_lab.config.profiles import distill_config
+from boomerang_lab.data import calibration_set, data_file, packed_blocks
 from boomerang_lab.distill.local import block_errors
 from boomerang_lab.distill.trainer import distill
-from boomerang_lab.distill.trainer import profile as distill_profile
 from boomerang_lab.evaluate import PerplexityConfig, perplexity, wikitext_text
 from boomerang_lab.evaluate.baselines import block_influence, naive_pruning, shortgpt
 from boomerang_lab.family.orders import Order
-from boomerang_lab.family.search import calibration_set, search
+from boomerang_lab.family.search import search
 from boomerang_lab.models.adapters import layers_of
 from boomerang_lab.models.loading import load_student
 from boomerang_lab.report.curves import curve_quality
 from boomerang_lab.store.atomic import atomic_write_text
-from boomerang_lab.text_data import packed_blocks
 
 HERE = Path(__file__).resolve().parent
 
@@ -121,7 +120,7 @@ def main() -> None:
         if args.kept
         else LayerPlan.paper(n, keep_first=args.keep_first)
     )
-    cfg = distill_profile(
+    cfg = distill_config(
         "quick",
         output_dir=str(args.work / args.variant),
         local_steps=args.local_steps,

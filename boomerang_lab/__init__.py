@@ -1,27 +1,31 @@
-"""boomerang_lab: boomerang distillation — plan → student → distill → family → evaluate → plot."""
+"""boomerang_lab: boomerang distillation — plan → student → distill → family → evaluate → plot.
 
-from .distill import local  # its register_order call adds "local"
-from .family import search  # its register_order calls add "klpatch" and "optimal"
-from .family.members import Family, register_order
-from .family.orders import Order
-from .models.adapters import ADAPTERS, get_adapter
-from .models.loading import load_model
-from .models.plan import LayerPlan
-from .models.student import init_student
-from .report.curves import curve_quality
-from .report.explore import explore
+The public API, imported on first use (`import boomerang_lab.config` stays light: no torch, no trainer)."""
 
-__all__ = [
-    "ADAPTERS",
-    "Family",
-    "LayerPlan",
-    "Order",
-    "local",
-    "curve_quality",
-    "explore",
-    "get_adapter",
-    "init_student",
-    "load_model",
-    "search",
-    "register_order",
-]
+import importlib
+
+_API = {
+    "ADAPTERS": "models.adapters",
+    "Family": "family.members",
+    "LayerPlan": "models.plan",
+    "Order": "family.orders",
+    "curve_quality": "report.curves",
+    "explore": "report.explore",
+    "get_adapter": "models.adapters",
+    "init_student": "models.student",
+    "load_model": "models.loading",
+    "register_order": "family.members",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'boomerang_lab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])

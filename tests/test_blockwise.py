@@ -13,8 +13,10 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
+from boomerang_lab.config.distill import DistillConfig
+from boomerang_lab.config.profiles import distill_config as profile
 from boomerang_lab.distill.local import block_errors, local_loss, only_train, restore_grad, teacher_block_states
-from boomerang_lab.distill.trainer import LOG_FILE, DistillConfig, distill, profile
+from boomerang_lab.distill.trainer import LOG_FILE, distill
 from boomerang_lab.models.adapters import get_adapter, layers_of
 from boomerang_lab.models.plan import LayerPlan
 from boomerang_lab.models.student import init_student
@@ -292,8 +294,8 @@ def test_bad_stage_settings_are_clear_errors(tmp_path):
 
 
 def test_the_local_order_patches_the_worst_fitting_blocks_first():
-    from boomerang_lab.distill.local import local_order
     from boomerang_lab.family.members import Family
+    from boomerang_lab.family.search import local_order
 
     teacher = tiny_model("llama")
     student = init_student(teacher, PLAN)

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from boomerang_lab.distill.trainer import DistillConfig
+from boomerang_lab.config.distill import DistillConfig
 from boomerang_lab.models.plan import LayerPlan
 from boomerang_lab.report.costs import (
     PAPER_TABLE3,

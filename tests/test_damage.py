@@ -13,7 +13,8 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from boomerang_lab.distill.trainer import distill, profile
+from boomerang_lab.config.profiles import distill_config as profile
+from boomerang_lab.distill.trainer import distill
 from boomerang_lab.evaluate.sweep import COLUMNS, append_results, read_results
 from boomerang_lab.models.loading import load_student
 from boomerang_lab.models.plan import LayerPlan

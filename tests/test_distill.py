@@ -17,9 +17,10 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
+from boomerang_lab.config.distill import LossConfig
+from boomerang_lab.config.profiles import distill_config as profile
 from boomerang_lab.data import data_file
-from boomerang_lab.distill.losses import LossConfig
-from boomerang_lab.distill.trainer import LOG_FILE, _last_checkpoint, distill, profile, run_name
+from boomerang_lab.distill.trainer import LOG_FILE, _last_checkpoint, distill, run_name
 from boomerang_lab.models import loading
 from boomerang_lab.models.adapters import get_adapter
 from boomerang_lab.models.loading import load_model, load_student

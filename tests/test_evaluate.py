@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from boomerang_lab import Family, LayerPlan, init_student
-from boomerang_lab.distill.trainer import CONFIG_FILE, profile, run_name
+from boomerang_lab.config.profiles import distill_config as profile
+from boomerang_lab.distill.trainer import CONFIG_FILE, run_name
 from boomerang_lab.evaluate import (
     LOCAL_TASKS,
     PPL_TASK,

@@ -75,8 +75,8 @@ def test_laco_pruning_baseline_shares_unmerged_layers_with_the_teacher():
 
 
 def test_sweep_method_laco_evaluates_laco_at_each_sizes_layer_count(tmp_path):
+    from boomerang_lab.data import calibration_set
     from boomerang_lab.evaluate import PerplexityConfig, perplexity, sweep
-    from boomerang_lab.family.search import calibration_set
     from boomerang_lab.models.loading import load_model
     from boomerang_lab.models.plan import LayerPlan
 

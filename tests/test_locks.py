@@ -152,7 +152,8 @@ def tiny_distill(out: Path, slow: float = 0.0):
     from datasets import Dataset
     from transformers import TrainerCallback
 
-    from boomerang_lab.distill.trainer import distill, profile
+    from boomerang_lab.config.profiles import distill_config as profile
+    from boomerang_lab.distill.trainer import distill
     from boomerang_lab.models.plan import LayerPlan
     from boomerang_lab.models.student import init_student
     from tiny import VOCAB, tiny_model

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from boomerang_lab.distill.losses import IGNORE, LossConfig, distill_loss
+from boomerang_lab.config.distill import LossConfig
+from boomerang_lab.distill.losses import IGNORE, distill_loss
 from boomerang_lab.models.plan import LayerPlan
 
 B, S, H, V = 2, 7, 6, 11

@@ -1,4 +1,4 @@
-"""A profile's evaluation settings: which tasks, at what limit, with which fast-perplexity windows.
+"""A profile's evaluation settings: which tasks, at what limit, with which fast-perplexity windows (light: no torch).
 
 The profiles themselves (smoke, quick, kit, paper, ...) live in `boomerang_lab.config.profiles`: a profile's evaluation
 settings are `boomerang_lab.config.profiles.get(name).evaluate`.
@@ -8,15 +8,54 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..evaluate.perplexity import PerplexityConfig
-
 PPL_TASK = "wikitext_ppl"
 """The fast strided-window perplexity (perplexity.py) as a task name in sweeps; its `limit` is its token budget."""
+
+LOCAL_TASKS = (
+    "arc_easy_local",
+    "arc_challenge_local",
+    "piqa_local",
+    "hellaswag_local",
+    "winogrande_local",
+    "boolq_local",
+    "openbookqa_local",
+    "lambada_openai_local",
+    "rte_local",
+    "wikitext_local",
+)
+"""The lm-eval task configs shipped under evaluate/tasks/ (`<stock name>_local`), reading the files under data/."""
+
+
+@dataclass(frozen=True)
+class PerplexityConfig:
+    """Windows of `window` tokens start every `stride` tokens; each scores the tokens no earlier window scored.
+
+    stride < window: every token after the first is scored, with at least window - stride tokens of context.
+    stride == window: non-overlapping windows whose first token is context only (the GPTQ convention).
+    """
+
+    __pydantic_config__ = {"extra": "forbid"}
+
+    window: int = field(default=2048, metadata={"help": "tokens per window"})
+    stride: int = field(default=2048, metadata={"help": "tokens between window starts (<= window)"})
+    max_tokens: int | None = field(
+        default=None, metadata={"help": "score only the first max_tokens tokens of the text (null: all)"}
+    )
+
+    def __post_init__(self):
+        if not 0 < self.stride <= self.window:
+            raise ValueError(f"Need 0 < stride <= window, got stride={self.stride}, window={self.window}.")
+        if self.max_tokens is not None and self.max_tokens < 2:
+            raise ValueError(
+                f"max_tokens must be at least 2 (one token of context, one scored), got {self.max_tokens}."
+            )
 
 
 @dataclass(frozen=True)
 class EvalProfile:
     """What `sweep` evaluates for a profile (a SweepConfig's tasks, limit, ppl and batch_size default to these)."""
+
+    __pydantic_config__ = {"extra": "forbid"}
 
     tasks: tuple[str, ...] = field(
         default=(PPL_TASK,),

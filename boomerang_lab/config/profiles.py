@@ -3,8 +3,8 @@
 A `Profile` holds the distillation recipe (`DistillConfig`), the student's layer plan (`PlanSettings`), the
 evaluation settings (`EvalProfile`) and the pipeline settings (`PipelineSettings`). The built-in ones are in
 `PROFILES` (smoke, quick, kit, paper, paper-llama; docs/profiles.md); `get` also reads a user profile from a YAML or
-JSON file, validated field by field against these dataclasses (recursively, so fields added to them later need no
-change here):
+JSON file, validated by pydantic against these dataclasses (recursively, so fields added to them later need no change
+here):
 
     name: mine            # default: the file's stem
     base: quick           # optional: start from a built-in profile and change only what is listed
@@ -16,28 +16,20 @@ change here):
 
 from __future__ import annotations
 
-import ast
 import copy
 import dataclasses
 import functools
-import inspect
 import json
-import textwrap
-import types
+import re
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path, PurePath
-from typing import Any, Literal, Sequence, Union
+from typing import Any, Sequence
 
-import pandas as pd
-
-from ..distill.losses import LossConfig
-from ..distill.trainer import DistillConfig
-from ..evaluate.perplexity import PerplexityConfig
-from ..evaluate.tasks import LOCAL_TASKS
-from ..family.search import SearchConfig
 from ..models.plan import LayerPlan
-from .evaluate import PPL_TASK, EvalProfile
+from .distill import DistillConfig, LossConfig
+from .evaluate import LOCAL_TASKS, PPL_TASK, EvalProfile, PerplexityConfig
+from .search import SearchConfig
 
 PROFILE_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -49,6 +41,8 @@ class ProfileError(ValueError):
 @dataclass
 class PlanSettings:
     """The student's layers, the paper's rule (`LayerPlan.paper`): the first layers, every n-th, the last layers."""
+
+    __pydantic_config__ = {"extra": "forbid"}
 
     keep_first: int = field(
         default=1, metadata={"help": "teacher layers kept at the start (the paper: 1; its Llama student: 2)"}
@@ -68,6 +62,8 @@ class PlanSettings:
 @dataclass
 class PipelineSettings:
     """What `boomerang run` adds around distillation and evaluation."""
+
+    __pydantic_config__ = {"extra": "forbid"}
 
     random_init: bool = field(
         default=False, metadata={"help": "also distil a randomly initialised student (the random-init baseline)"}
@@ -89,6 +85,8 @@ class PipelineSettings:
 class Profile:
     """One named way of running the study: recipe, plan, evaluation and pipeline settings."""
 
+    __pydantic_config__ = {"extra": "forbid"}
+
     name: str = field(default="custom", metadata={"help": "the profile's name (outputs/<name>, results/<name>.csv)"})
     description: str = field(default="", metadata={"help": "one line on what the profile is for"})
     distill: DistillConfig = field(default_factory=DistillConfig, metadata={"help": "the distillation recipe"})
@@ -105,7 +103,7 @@ class Profile:
 
     def to_dict(self) -> dict:
         """Plain values (lists for tuples): what `dump` writes and `from_dict` reads back."""
-        return _plain(self)
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def dump(self, path: str | Path | None = None) -> str:
         """The profile as YAML (JSON for a .json path); written to `path` when given. `get(path)` reads it back."""
@@ -316,7 +314,7 @@ def get(name: str | Path | Profile, **overrides) -> Profile:
             f"Unknown profile {str(name)!r}; use one of {', '.join(PROFILES)}, or a .yaml/.json "
             f"file (`boomerang profiles --show quick` prints one to start from)."
         )
-    return _build(Profile, overrides, f"profile {profile.name}", base=profile) if overrides else profile
+    return _validate(_merged(profile, overrides), f"profile {profile.name}") if overrides else profile
 
 
 def load(path: str | Path) -> Profile:
@@ -351,43 +349,23 @@ def from_dict(data: dict, source: str = "profile", default_name: str = "custom")
             raise ProfileError(
                 f"{source}: base {base_name!r} is not a built-in profile; use one of {', '.join(PROFILES)}."
             )
-        base = copy.deepcopy(PROFILES[base_name])
-        base.name = default_name
-        base.description = f"{base_name} with changes ({source})"
+        base = dataclasses.replace(
+            PROFILES[base_name], name=default_name, description=f"{base_name} with changes ({source})"
+        )
     else:
         base = Profile(name=default_name)
-    return _build(Profile, data, source, base=base)
+    return _validate(_merged(base, data), source)
 
 
-# --- validation ----------------------------------------------------------------------------------------------------
+# --- validation (pydantic) ----------------------------------------------------------------------------------------
+def distill_config(profile: str | Path | Profile, **overrides) -> DistillConfig:
+    """The recipe of a profile (a built-in name, a YAML/JSON file or a Profile) with DistillConfig fields replaced,
+    validated like a file's (`distill_config("quick", max_steps=4)`)."""
+    return get(profile, distill=overrides).distill
+
+
 def _names(cls) -> str:
     return ", ".join(f.name for f in fields(cls) if f.init)
-
-
-def _build(cls, data: Any, where: str, base: Any = None):
-    """`cls` from a mapping of its fields (nested dataclasses from nested mappings), starting from `base`."""
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise ProfileError(f"{where} must be a mapping of {cls.__name__} fields ({_names(cls)}), got {data!r}.")
-    known = {f.name: f for f in fields(cls) if f.init}
-    unknown = [key for key in data if key not in known]
-    if unknown:
-        raise ProfileError(
-            f"{where}: unknown field{'s' if len(unknown) > 1 else ''} "
-            f"{', '.join(repr(str(k)) for k in unknown)}; the fields of {cls.__name__} are: "
-            f"{_names(cls)}."
-        )
-    hints = _hints(cls)
-    values = {
-        name: _convert(value, hints[name], f"{where}.{name}", getattr(base, name, None)) for name, value in data.items()
-    }
-    try:
-        if base is not None:
-            return dataclasses.replace(base, **values)
-        return cls(**values)
-    except (TypeError, ValueError) as err:
-        raise ProfileError(f"{where}: {err}") from err
 
 
 @functools.cache
@@ -395,122 +373,64 @@ def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _type_name(tp) -> str:
-    if tp is type(None):
-        return "null"
-    if isinstance(tp, type):
-        return "a mapping of fields" if is_dataclass(tp) else tp.__name__
-    return str(tp).replace("typing.", "")
+@functools.cache
+def _adapter():
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(Profile)
 
 
-def _convert(value: Any, tp: Any, where: str, base: Any = None) -> Any:
-    """`value` checked (and lightly converted: int -> float, list -> tuple) against the type hint `tp`."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return value
-    if is_dataclass(tp):
-        return _build(tp, value, where, base if isinstance(base, tp) else None)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _convert(value, arg, where, base)
-            except ProfileError as err:
-                errors.append(err)
-        raise ProfileError(
-            f"{where} must be {' or '.join(_type_name(a) for a in args)}, got {value!r} ({type(value).__name__})."
-        )
-    if origin is Literal:
-        if value in args:
-            return value
-        raise ProfileError(f"{where} must be one of {', '.join(map(repr, args))}, got {value!r}.")
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ProfileError(f"{where} must be a list ({_type_name(tp)}), got {value!r} ({type(value).__name__}).")
-        if origin is tuple and args and (len(args) != 2 or args[1] is not Ellipsis):
-            if len(value) != len(args):
-                raise ProfileError(f"{where} must have {len(args)} items ({_type_name(tp)}), got {list(value)!r}.")
-            items = [_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
-        else:
-            item = args[0] if args else Any
-            items = [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ProfileError(f"{where} must be a mapping, got {value!r} ({type(value).__name__}).")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, PurePath):  # a path given from Python
-            return str(value)
-    elif tp is type(None):
-        if value is None:
-            return None
-    elif isinstance(tp, type):
-        if isinstance(value, tp):
-            return value
-    else:
-        return value  # a hint this checker does not know: the dataclass's own __post_init__ validates it
-    raise ProfileError(f"{where} must be {_type_name(tp)}, got {value!r} ({type(value).__name__}).")
+def _merged(base: Any, changes: dict) -> dict:
+    """`base` (a dataclass or a mapping) as plain values, with `changes` (nested mappings) laid over it."""
+    out = dataclasses.asdict(base) if is_dataclass(base) else dict(base)
+    for key, value in changes.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if both else value
+    return out
 
 
-def _plain(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value) if f.init}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
+def _validate(data: dict, where: str) -> Profile:
+    """A Profile from plain values, validated by pydantic over the dataclasses in strict JSON mode: every value must
+    already have its field's type (an int passes as a float, a list as a tuple; nothing else converts), and the
+    dataclasses' own checks (`__post_init__`) run. An error is one line: the field, the value, what is valid."""
+    from pydantic import ValidationError
+
+    def plain(value):  # what JSON has no word for: a settings object given from Python, or a path
+        if is_dataclass(value) or isinstance(value, PurePath):
+            return dataclasses.asdict(value) if is_dataclass(value) else str(value)
+        raise ProfileError(f"{where}: {value!r} ({type(value).__name__}) is not a number, text, list or mapping.")
+
+    text = json.dumps(data, default=plain)
+    try:
+        return _adapter().validate_json(text, strict=True)
+    except ValidationError as err:
+        raise ProfileError("; ".join(dict.fromkeys(_message(e, data, where) for e in err.errors()))) from err
+
+
+def _message(error: dict, data: dict, where: str) -> str:
+    path, hint = [], Profile
+    for part in error["loc"]:  # field names down to the field at fault (the rest: item indices, union members)
+        if not (is_dataclass(hint) and part in _hints(hint)):
+            break
+        path.append(part)
+        hint = _hints(hint)[part]
+    at = ".".join([where, *path])
+    if error["type"] == "unexpected_keyword_argument":
+        return f"{at}: unknown field {error['loc'][len(path)]!r}; the fields of {hint.__name__} are: {_names(hint)}."
+    if error["type"] == "value_error":  # a dataclass's own check
+        return f"{at}: {error['msg'].removeprefix('Value error, ')}"
+    value = functools.reduce(lambda node, key: node.get(key) if isinstance(node, dict) else None, path, data)
+    if is_dataclass(hint):
+        return f"{at} must be a mapping of {hint.__name__} fields ({_names(hint)}), got {value!r}."
+    return f"{at} must be {type_name(hint)}, got {value!r} ({type(value).__name__})."
+
+
+def type_name(hint: Any) -> str:
+    """A field's type as written in its class (int, tuple[float, float], int | float | null)."""
+    return re.sub(r"\bNone(Type)?\b", "null", re.sub(r"<class '(\w+)'>", r"\1", str(hint)))
 
 
 # --- help and the table --------------------------------------------------------------------------------------------
-def field_help(cls, name: str) -> str:
-    """A field's help: its `metadata["help"]`, else the docstring or comment written beside it in the source."""
-    for f in fields(cls):
-        if f.name == name and f.metadata.get("help"):
-            return " ".join(str(f.metadata["help"]).split())
-    return _source_help(cls).get(name, "")
-
-
-@functools.cache
-def _source_help(cls) -> dict[str, str]:
-    """Attribute docstrings (a string right under a field) and trailing comments, read from the class's source."""
-    try:
-        lines, _ = inspect.getsourcelines(cls)
-    except (OSError, TypeError):
-        return {}
-    source = textwrap.dedent("".join(lines))
-    body = ast.parse(source).body[0].body
-    found = {}
-    src_lines = source.splitlines()
-    for node, after in zip(body, body[1:] + [None]):
-        if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
-            continue
-        text = ""
-        if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
-            text = after.value.value
-        else:
-            line = src_lines[node.end_lineno - 1]
-            if "  # " in line:
-                text = line.split("  # ", 1)[1]
-        if text:
-            found[node.target.id] = " ".join(text.split())
-    return found
-
-
 def field_rows(cls=Profile, prefix: str = "") -> list[tuple[str, Any, str]]:
     """(dotted path, the field's dataclass or type hint, help) of every leaf field under `cls`, depth first."""
     rows = []
@@ -523,7 +443,7 @@ def field_rows(cls=Profile, prefix: str = "") -> list[tuple[str, Any, str]]:
         if is_dataclass(tp):
             rows += field_rows(tp, f"{path}.")
         else:
-            rows.append((path, tp, field_help(cls, f.name)))
+            rows.append((path, tp, " ".join(str(f.metadata.get("help", "")).split())))
     return rows
 
 
@@ -543,15 +463,20 @@ def flatten(profile: Profile) -> dict[str, Any]:
     return out
 
 
-def table(names: list[str | Path] | None = None, help: bool = True) -> pd.DataFrame:
-    """One row per field (dotted path), one column per profile (all built-in ones by default), plus its help."""
+def table(names: Sequence[str | Path] | None = None, help: bool = True) -> str:
+    """A markdown table: one row per field (dotted path; name and description left out), one column per profile (all
+    built-in ones by default), plus each field's help (`boomerang profiles`)."""
     chosen = [get(n) for n in (names or list(PROFILES))]
-    values = {p.name: {k: _show(v) for k, v in flatten(p).items()} for p in chosen}
-    frame = pd.DataFrame(values)
-    frame.index.name = "field"
-    if help:
-        frame["help"] = [dict((path, h) for path, _, h in field_rows()).get(i, "") for i in frame.index]
-    return frame
+    helps = {path: text for path, _, text in field_rows()}
+    values = [flatten(p) for p in chosen]
+    header = ["field", *(p.name for p in chosen), *(["help"] if help else [])]
+    rows = [
+        [path, *(_show(v[path]) for v in values), *([helps.get(path, "")] if help else [])]
+        for path in values[0]
+        if path not in ("name", "description")
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def _show(value: Any) -> str:

@@ -16,11 +16,9 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from ..config.distill import LOCAL_LOSSES  # nmse: |y − t|² / |t|² per token; cos: 1 − cos(y, t)
 from ..models.adapters import layers_of
 from ..models.plan import LayerPlan
-
-LOCAL_LOSSES = ("nmse", "cos")
-"""nmse: |y − t|² / |t|² per token (keeps the scale a following teacher layer sees); cos: 1 − cos(y, t)."""
 
 
 @dataclass
@@ -159,39 +157,3 @@ def block_errors(
             )
             sums[i] += terms["local_nmse" if kind == "nmse" else "local_cos"].item() * len(ids)
     return {j: float(s) / len(input_ids) for j, s in zip(layers, sums)}
-
-
-LOCAL_CALIBRATION = {"num_sequences": 8, "seq_len": 256, "seed": 1}
-"""Calibration for the "local" order: 8 windows of 256 training-corpus tokens (seed 1: not the windows ShortGPT's
-block influence is measured on); a few seconds on a CPU for SmolLM2-135M."""
-
-
-def local_order(family, calibration: Tensor | None = None, batch_size: int = 8):
-    """The "local" patch order: the blocks whose student layer stands in worst for its teacher block, measured in
-    the teacher's context (the local stage's nmse on calibration text), are patched first; so at every size the
-    student layers that remain are the ones that fit their blocks best. One teacher pass and one pass of each
-    multi-layer student layer over the calibration text, against K(K+1)/2 member passes for klpatch."""
-    from ..family.orders import Order
-
-    if calibration is None:
-        calibration = _local_calibration(family)
-    errors = block_errors(family.teacher, family.student, family.plan, calibration, batch_size)
-    return Order.from_blocks(family.plan, sorted(errors, key=lambda j: (-errors[j], j)), name="local")
-
-
-def _local_calibration(family) -> Tensor:
-    from ..family.search import calibration_set, teacher_tokenizer
-
-    tokenizer = teacher_tokenizer(
-        family, "The local order's calibration", "local_order(family, calibration_set(tokenizer))"
-    )
-    return calibration_set(tokenizer, **LOCAL_CALIBRATION)
-
-
-def _register() -> None:
-    from ..family.members import register_order
-
-    register_order("local", local_order)
-
-
-_register()

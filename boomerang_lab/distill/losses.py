@@ -4,57 +4,16 @@ states."""
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config.distill import LossConfig
+
 IGNORE = -100
 """Label of a position with no target (transformers' convention)."""
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """Weights of the three terms (0 switches a term off) and the KL temperature; paper defaults."""
-
-    ce_weight: float = field(default=1.0, metadata={"help": "weight of the cross-entropy on the next token"})
-    kl_weight: float = field(default=0.1, metadata={"help": "weight of the KL to the teacher's logits"})
-    temperature: float = field(default=1.0, metadata={"help": "the KL's temperature (scaled by its square)"})
-    cos_weight: float = field(
-        default=2.0,
-        metadata={
-            "help": "weight of the cosine loss between aligned hidden states, divided by the number of aligned "
-            "pairs, as in the paper"
-        },
-    )
-    chunk_tokens: int = field(
-        default=2048,
-        metadata={"help": "tokens per chunk of full-vocabulary work (CE and KL); bounds the temporary logits' memory"},
-    )
-    compile: bool = field(
-        default=False,
-        metadata={"help": "torch.compile the per-chunk arithmetic (fuses its elementwise passes; worth it on GPU)"},
-    )
-
-    def __post_init__(self):
-        weights = {"ce_weight": self.ce_weight, "kl_weight": self.kl_weight, "cos_weight": self.cos_weight}
-        if any(w < 0 for w in weights.values()) or not any(weights.values()):
-            raise ValueError(f"Loss weights must be >= 0 with at least one positive, got {weights}.")
-        if self.temperature <= 0 or self.chunk_tokens < 1:
-            raise ValueError(
-                f"temperature must be > 0 and chunk_tokens >= 1, got {self.temperature} and {self.chunk_tokens}."
-            )
-
-    @property
-    def terms(self) -> tuple[str, ...]:
-        """The switched-on terms, by name."""
-        return tuple(n for n, w in (("ce", self.ce_weight), ("kl", self.kl_weight), ("cos", self.cos_weight)) if w)
-
-    @property
-    def needs_teacher(self) -> bool:
-        return bool(self.kl_weight or self.cos_weight)
 
 
 def _at_least_fp32(x: Tensor) -> torch.dtype:

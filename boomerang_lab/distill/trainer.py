@@ -10,7 +10,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -32,14 +32,15 @@ from transformers import (
 from transformers.trainer_utils import load_sharded_checkpoint
 from transformers.utils.notebook import NotebookProgressCallback
 
+from ..config.distill import DistillConfig, LossConfig
 from ..models.adapters import get_adapter, layers_of
 from ..models.loading import autocast_for, resolve_dtype
 from ..models.plan import LayerPlan
 from ..store import manifest
 from ..store.atomic import atomic_dir, atomic_write_text, disk_full_stops, is_disk_full, usual_permissions
 from ..store.locks import folder_lock
-from .local import LOCAL_LOSSES, local_loss, only_train, restore_grad, teacher_block_states
-from .losses import IGNORE, LossConfig, distill_loss
+from .local import local_loss, only_train, restore_grad, teacher_block_states
+from .losses import IGNORE, distill_loss
 
 LOG_FILE = "train_log.csv"
 CONFIG_FILE = "distill_config.json"
@@ -57,100 +58,6 @@ LOG_COLUMNS = {
     "epoch": "epoch",
 }
 """Trainer log key -> column of the per-step CSV."""
-
-
-@dataclass
-class DistillConfig:
-    """One distillation run: the paper's hyperparameters by default; the presets are the profiles' recipes
-    (`boomerang_lab.config.profiles`, `profile(name)`)."""
-
-    output_dir: str = field(default="runs/student", metadata={"help": "the student directory to write"})
-    teacher: str = field(
-        default="smollm2-135m",
-        metadata={
-            "help": "the teacher the CLI loads: a hub id, a local path or an embedded name (distill() takes the model)"
-        },
-    )
-    student_init: str = field(
-        default="teacher",
-        metadata={"help": "how the CLI initialises the student: teacher (kept layers, the paper) or random; recorded"},
-    )
-    seq_len: int = field(default=512, metadata={"help": "tokens per training sequence"})
-    packing: bool = field(
-        default=True,
-        metadata={
-            "help": "pack documents joined by EOS into full blocks (true), or one document per sequence, truncated "
-            "and right-padded with EOS, padding ignored by the loss (false: the paper's)"
-        },
-    )
-    batch_size: int = field(
-        default=8,
-        metadata={
-            "help": "sequences per device per micro-step; the global batch is batch_size x grad_accum x processes"
-        },
-    )
-    grad_accum: int = field(default=1, metadata={"help": "micro-steps accumulated per optimizer step"})
-    max_steps: int = field(default=500, metadata={"help": "optimizer steps"})
-    lr: float = field(default=3e-4, metadata={"help": "peak learning rate"})
-    scheduler: str = field(default="cosine", metadata={"help": "learning-rate schedule (a transformers name)"})
-    warmup: float = field(default=0.01, metadata={"help": "warm-up: a fraction of max_steps (< 1) or steps"})
-    betas: tuple[float, float] = field(default=(0.9, 0.95), metadata={"help": "AdamW betas"})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
-    optim: str = field(default="adamw_torch_fused", metadata={"help": "optimizer (a transformers name)"})
-    bf16: bool = field(default=False, metadata={"help": "bf16 autocast for the student (fp32 master weights)"})
-    teacher_dtype: str | None = field(
-        default=None, metadata={"help": "the teacher's dtype; null: bfloat16 on GPU, the teacher's own dtype elsewhere"}
-    )
-    loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "the loss terms' weights"})
-    freeze_embeddings: bool = field(
-        default=False,
-        metadata={"help": "freeze the student's embeddings and LM head (the paper trains every parameter)"},
-    )
-    activation_checkpointing: bool = field(
-        default=False, metadata={"help": "recompute the student's layers in backward: less memory, ~20% slower"}
-    )
-    compile: bool = field(
-        default=False,
-        metadata={
-            "help": "torch.compile the student and the teacher one decoder layer at a time (regional compilation); "
-            "the loss's own arithmetic compiles with loss.compile"
-        },
-    )
-    use_cpu: bool = field(default=False, metadata={"help": "train on the CPU even if a GPU is present"})
-    save_steps: int = field(default=100, metadata={"help": "checkpoint every n steps (for resuming)"})
-    log_steps: int = field(default=1, metadata={"help": "log the loss terms every n steps"})
-    seed: int = field(default=0, metadata={"help": "random seed (initialisation, data order)"})
-    local_steps: int = field(
-        default=0,
-        metadata={
-            "help": "steps of blockwise local distillation before the global objective: each multi-layer student layer "
-            "learns alone, in the teacher's context, to map its block's input to its output (0: none, the paper)"
-        },
-    )
-    local_lr: float = field(default=1e-3, metadata={"help": "peak learning rate of the local stage"})
-    local_loss: str = field(
-        default="nmse",
-        metadata={"help": "the local stage's per-layer loss: nmse (|y - t|^2 / |t|^2 per token) or cos (1 - cosine)"},
-    )
-
-    def __post_init__(self):
-        if isinstance(self.loss, dict):
-            self.loss = LossConfig(**self.loss)
-        self.betas = tuple(self.betas)
-        if self.student_init not in ("teacher", "random"):
-            raise ValueError(f"student_init must be 'teacher' or 'random', got {self.student_init!r}.")
-        if min(self.batch_size, self.grad_accum, self.save_steps, self.log_steps, self.seq_len) < 1:
-            raise ValueError(f"batch_size, grad_accum, save_steps, log_steps and seq_len must be positive: {self}")
-        if self.max_steps < 0 or self.local_steps < 0 or self.max_steps + self.local_steps < 1:
-            raise ValueError(
-                f"max_steps (global stage) and local_steps (local stage) must be >= 0 with at least one "
-                f"positive, got max_steps={self.max_steps}, local_steps={self.local_steps}."
-            )
-        if self.local_loss not in LOCAL_LOSSES:
-            raise ValueError(f"local_loss must be one of {', '.join(LOCAL_LOSSES)}, got {self.local_loss!r}.")
-        if self.local_lr <= 0:
-            raise ValueError(f"local_lr must be positive, got {self.local_lr}.")
 
 
 class _TeacherTrainer(Trainer):
@@ -233,7 +140,7 @@ class DistillTrainer(_TeacherTrainer):
 
 
 class LocalTrainer(_TeacherTrainer):
-    """The local stage (blockwise.py): each multi-layer student layer maps its block's teacher input to its output."""
+    """The local stage (local.py): each multi-layer student layer maps its block's teacher input to its output."""
 
     def __init__(self, *args, local_loss: str = "nmse", **kwargs):
         super().__init__(*args, **kwargs)
@@ -310,7 +217,7 @@ def distill(
     """Train `student` towards the frozen `teacher` on token blocks (`data` rows: "input_ids"); return its directory.
 
     Two stages, each skipped when its step count is 0: `local_steps` of blockwise local distillation (each
-    multi-layer student layer alone, in the teacher's context; blockwise.py), then `max_steps` of the global
+    multi-layer student layer alone, in the teacher's context; distill/local.py), then `max_steps` of the global
     objective (CE + KL + cosine alignment). Checkpoints go to `<output_dir>.partial/<stage>/`; rerunning the same
     call resumes from the last complete one (a finished stage is not rerun). The student directory (model,
     tokenizer, plan files, train_log.csv, distill_config.json) appears only when done; a finished directory of the
@@ -611,11 +518,3 @@ class CheckpointManifest(TrainerCallback):
         if state.is_world_process_zero and folder.is_dir():
             usual_permissions(folder)
             manifest.write_manifest(folder)
-
-
-def profile(name: str, **overrides) -> DistillConfig:
-    """The recipe of a profile (a built-in name or a YAML/JSON file, see `boomerang_lab.config.profiles`) with fields
-    replaced, each override checked against its field's type."""
-    from ..config.profiles import get
-
-    return get(name, distill=overrides).distill

@@ -1,11 +1,11 @@
 """Evaluate every family size, offline, with lm-evaluation-harness and a fast perplexity — against the baselines."""
 
-from ..config.evaluate import PPL_TASK, EvalProfile
+from ..config.evaluate import LOCAL_TASKS, PPL_TASK, EvalProfile, PerplexityConfig
 from .baselines import block_influence, naive_pruning, shortgpt, teacher_view
 from .lm_eval import evaluate_lm
-from .perplexity import PerplexityConfig, perplexity, wikitext_text
+from .perplexity import perplexity, wikitext_text
 from .sweep import METHODS, SweepConfig, read_results, summary, sweep
-from .tasks import LOCAL_TASKS, TASKS_DIR
+from .tasks import TASKS_DIR
 
 __all__ = [
     "LOCAL_TASKS",

@@ -40,7 +40,7 @@ def naive_pruning(family: Family, k: int, order: OrderLike = "last") -> PreTrain
 def block_influence(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Tensor:
     """ShortGPT's Block Influence per layer: 1 - mean over tokens of cos(layer input, layer output).
 
-    `input_ids`: calibration text from the training corpus, e.g. `patch_search.calibration_set(tokenizer)`.
+    `input_ids`: calibration text from the training corpus, e.g. `data.calibration_set(tokenizer)`.
     """
     layers = layers_of(model)
     sums = torch.zeros(len(layers), dtype=torch.float64)
@@ -79,7 +79,7 @@ def laco_pruning(
     teacher: PreTrainedModel, num_layers: int, calibration: torch.Tensor, config: LaCoConfig | None = None
 ) -> PreTrainedModel:
     """LaCo: the teacher collapsed to `num_layers` layers by RDSC layer merges (laco.py), searched on `calibration`
-    (token ids [sentences, tokens], e.g. `patch_search.calibration_set(tokenizer, 5, 64)`)."""
+    (token ids [sentences, tokens], e.g. `data.calibration_set(tokenizer, 5, 64)`)."""
     result = laco(teacher, num_layers, calibration, config or LaCoConfig())
     result.model.boomerang = {"laco_groups": result.groups, "threshold_met": result.threshold_met}
     return result.model

@@ -113,18 +113,18 @@ def direct_student(
     layers is returned without training (one of another recipe is an error). The directory also holds
     `boomerang_direct.json` (the family's plan, the order, k and the layers).
     """
+    from ..config.profiles import distill_config
+    from ..data import packed_blocks
     from ..distill.trainer import distill, finished
-    from ..distill.trainer import profile as distill_profile
     from ..models.student import init_student
-    from ..text_data import packed_blocks
 
     resolved = resolve_order(plan, order, family)
     own = direct_plan(plan, resolved, k)
     name = getattr(profile, "name", None) or Path(str(profile)).stem
     out = Path(output_dir or f"runs/{name}/direct_{own.num_student_layers}L_{resolved.name}")
-    config = distill_profile(profile, output_dir=str(out), **overrides)
+    config = distill_config(profile, output_dir=str(out), **overrides)
     if config.local_steps and not own.multi_layer:  # every layer stands for itself: nothing to train locally
-        config = distill_profile(profile, output_dir=str(out), **{**overrides, "local_steps": 0})
+        config = distill_config(profile, output_dir=str(out), **{**overrides, "local_steps": 0})
     if config.student_init != "teacher":
         raise ValueError(
             f"A direct student starts from the member's teacher layers; student_init={config.student_init!r}."

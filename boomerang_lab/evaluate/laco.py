@@ -121,7 +121,7 @@ def laco(
     teacher: PreTrainedModel, num_layers: int, calibration: torch.Tensor, config: LaCoConfig = LaCoConfig()
 ) -> LaCoResult:
     """The teacher collapsed by LaCo to `num_layers` layers (see the module docstring); `calibration`: token ids
-    [sentences, tokens] (e.g. `patch_search.calibration_set(tokenizer, 5, 64)`)."""
+    [sentences, tokens] (e.g. `data.calibration_set(tokenizer, 5, 64)`)."""
     original = list(layers_of(teacher))
     if not 1 <= num_layers <= len(original):
         raise ValueError(f"num_layers must be in 1..{len(original)}, got {num_layers}.")

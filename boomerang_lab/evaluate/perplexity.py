@@ -8,36 +8,13 @@ from __future__ import annotations
 
 import math
 import weakref
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..config.evaluate import PerplexityConfig
 from ..data import WIKITEXT_TEST, data_file
-
-
-@dataclass(frozen=True)
-class PerplexityConfig:
-    """Windows of `window` tokens start every `stride` tokens; each scores the tokens no earlier window scored.
-
-    stride < window: every token after the first is scored, with at least window - stride tokens of context.
-    stride == window: non-overlapping windows whose first token is context only (the GPTQ convention).
-    """
-
-    window: int = field(default=2048, metadata={"help": "tokens per window"})
-    stride: int = field(default=2048, metadata={"help": "tokens between window starts (<= window)"})
-    max_tokens: int | None = field(
-        default=None, metadata={"help": "score only the first max_tokens tokens of the text (null: all)"}
-    )
-
-    def __post_init__(self):
-        if not 0 < self.stride <= self.window:
-            raise ValueError(f"Need 0 < stride <= window, got stride={self.stride}, window={self.window}.")
-        if self.max_tokens is not None and self.max_tokens < 2:
-            raise ValueError(
-                f"max_tokens must be at least 2 (one token of context, one scored), got {self.max_tokens}."
-            )
 
 
 def wikitext_text() -> str:

@@ -18,9 +18,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..config.evaluate import PPL_TASK
+from ..config.evaluate import PPL_TASK, PerplexityConfig
+from ..config.profiles import get
+from ..data import calibration_set
 from ..family.members import Family
-from ..family.search import calibration_set
 from ..models.adapters import layers_of
 from ..models.loading import autocast_for
 from ..models.plan import LayerPlan
@@ -29,7 +30,7 @@ from ..store.locks import folder_lock, write_lock
 from ..store.manifest import DamagedFile
 from .baselines import block_influence, laco_pruning, naive_pruning, shortgpt, teacher_view
 from .lm_eval import evaluate_lm
-from .perplexity import PerplexityConfig, perplexity
+from .perplexity import perplexity
 from .tasks import LOCAL_TASKS, NOT_COMPARABLE
 
 COLUMNS = [
@@ -74,8 +75,6 @@ class SweepConfig:
     progress: bool = True
 
     def resolved(self) -> "SweepConfig":
-        from ..config.profiles import get
-
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ValueError(f"Unknown method(s) {bad}; use {', '.join(METHODS)}.")
@@ -466,6 +465,4 @@ def _name(model: PreTrainedModel) -> str:
 def _search_config(profile: str):
     """The profile's settings for KL-searched orders (`pipeline.search`): what `klpatch`/`optimal` use in a sweep
     when no order is saved next to the student with its own."""
-    from ..config.profiles import get
-
     return get(profile).pipeline.search

@@ -18,6 +18,7 @@ from ..models.bridges import as_teacher_class
 from ..models.plan import LayerPlan
 from ..store.atomic import atomic_dir
 from .orders import Order
+from .search import klpatch_order, local_order, optimal_order
 from .speed import NEW_TOKENS, SpeedCache, ms_per_token
 
 OrderLike = str | Order | Sequence[int | Sequence[int]]
@@ -46,6 +47,9 @@ def register_order(name: str, builder: OrderBuilder | None = None, *, replace: b
 
 register_order("last", lambda f: Order.last(f.plan))
 register_order("first", lambda f: Order.first(f.plan))
+register_order("local", local_order)  # the local stage's block errors on calibration text
+register_order("klpatch", klpatch_order)  # searched on calibration KL (family/search.py)
+register_order("optimal", optimal_order)
 
 
 class Family:

@@ -11,44 +11,26 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..data import CORPUS_FILES, corpus_text
+from ..config.search import SearchConfig
+from ..data import calibration_set
+from ..distill.local import block_errors
 from ..models.adapters import layers_of
 from ..models.loading import autocast_for
 from ..models.plan import PLAN_FILE, LayerPlan
 from ..store.atomic import atomic_write_text
-from .members import Family, OrderLike, register_order
 from .orders import Order
 
-
-# --- calibration data ----------------------------------------------------------------------------------------------
-def calibration_set(
-    tokenizer, num_sequences: int = 64, seq_len: int = 256, seed: int = 0, files: Sequence[str] = CORPUS_FILES
-) -> torch.Tensor:
-    """[num_sequences, seq_len] token ids: random windows of training text (each file's training part, never its
-    held-out tail), taking the corpus files in turn."""
-    if num_sequences < 1 or seq_len < 1:
-        raise ValueError(f"num_sequences and seq_len must be positive, got {num_sequences} and {seq_len}.")
-    texts = {f: corpus_text(f) for f in files}
-    rng, span, rows = random.Random(seed), 16 * (seq_len + 1), []
-    for i in range(num_sequences):
-        name = files[i % len(files)]
-        start = rng.randrange(max(1, len(texts[name]) - span))
-        ids = tokenizer(texts[name][start : start + span], add_special_tokens=False)["input_ids"]
-        if len(ids) < seq_len + 1:
-            raise ValueError(f"{name} gave only {len(ids)} tokens at offset {start}; seq_len={seq_len} is too long.")
-        rows.append(ids[1 : seq_len + 1])  # the first token may be a cut word
-    return torch.tensor(rows)
+if TYPE_CHECKING:
+    from .members import Family, OrderLike
 
 
 def teacher_tokenizer(family: Family, purpose: str, instead: str):
@@ -395,40 +377,6 @@ def brute_force(kl: Sequence[float] | np.ndarray | torch.Tensor) -> tuple[float,
 SEARCHES = {"klpatch": klpatch, "optimal": optimal}
 
 
-@dataclass
-class SearchConfig:
-    """How a KL-searched order ("klpatch", "optimal") is searched: the calibration windows and the arithmetic.
-
-    The defaults are the GPU setting: 64 windows of 256 tokens, the model's own dtype. A profile sets
-    its own (`pipeline.search`); the `quick` profile's was chosen on validation text (benchmarks/study_klpatch.py).
-    """
-
-    num_sequences: int = field(default=64, metadata={"help": "calibration windows of training text"})
-    seq_len: int = field(default=256, metadata={"help": "tokens per calibration window"})
-    seed: int = field(default=0, metadata={"help": "which windows: the seed of their random offsets in the corpus"})
-    stride: int = field(
-        default=1, metadata={"help": "score the KL at every stride-th position (all positions still run the layers)"}
-    )
-    autocast: str | None = field(
-        default=None, metadata={"help": "run the search under torch.autocast to this dtype (e.g. bfloat16); null: off"}
-    )
-    batch_size: int = field(default=8, metadata={"help": "calibration windows per forward pass"})
-
-    def __post_init__(self):
-        for name in ("num_sequences", "seq_len", "stride", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"SearchConfig.{name} must be a positive integer, got {value!r}.")
-        if self.autocast is not None and not isinstance(getattr(torch, str(self.autocast), None), torch.dtype):
-            raise ValueError(
-                f"SearchConfig.autocast must be a torch dtype name such as 'bfloat16' or null, got {self.autocast!r}."
-            )
-
-    def calibration(self, tokenizer) -> torch.Tensor:
-        """The calibration windows, drawn from the training corpus with `tokenizer`."""
-        return calibration_set(tokenizer, self.num_sequences, self.seq_len, self.seed)
-
-
 def search_config(family: Family) -> SearchConfig:
     """The SearchConfig a family's named searched orders use: `family.search_config` when set (the sweep and the
     pipeline set their profile's), else the one recorded with an order saved next to the student, else the default."""
@@ -520,13 +468,34 @@ def _fingerprint(family: Family, calibration: torch.Tensor, config: SearchConfig
     return hashlib.sha256(b"|".join(parts)).hexdigest()
 
 
-@register_order("klpatch")
 def klpatch_order(family: Family) -> Order:
     """The "klpatch" order: greedy calibration-KL patching, searched once per family (see `search`)."""
     return search(family, "klpatch")
 
 
-@register_order("optimal")
 def optimal_order(family: Family) -> Order:
     """The "optimal" order: the patch sets of least summed calibration KL, searched once per family (see `search`)."""
     return search(family, "optimal")
+
+
+LOCAL_CALIBRATION = {"num_sequences": 8, "seq_len": 256, "seed": 1}
+"""Calibration for the "local" order: 8 windows of 256 training-corpus tokens (seed 1: not the windows ShortGPT's
+block influence is measured on); a few seconds on a CPU for SmolLM2-135M."""
+
+
+def local_order(family, calibration: Tensor | None = None, batch_size: int = 8):
+    """The "local" patch order: the blocks whose student layer stands in worst for its teacher block, measured in
+    the teacher's context (the local stage's nmse on calibration text), are patched first; so at every size the
+    student layers that remain are the ones that fit their blocks best. One teacher pass and one pass of each
+    multi-layer student layer over the calibration text, against K(K+1)/2 member passes for klpatch."""
+    if calibration is None:
+        calibration = _local_calibration(family)
+    errors = block_errors(family.teacher, family.student, family.plan, calibration, batch_size)
+    return Order.from_blocks(family.plan, sorted(errors, key=lambda j: (-errors[j], j)), name="local")
+
+
+def _local_calibration(family) -> Tensor:
+    tokenizer = teacher_tokenizer(
+        family, "The local order's calibration", "local_order(family, calibration_set(tokenizer))"
+    )
+    return calibration_set(tokenizer, **LOCAL_CALIBRATION)

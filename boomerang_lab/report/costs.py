@@ -15,7 +15,7 @@ into its two halves so that frozen parameters are counted right):
         student forward                 2 N(student layers + head) + A(student)
         student backward, activations   2 N(student layers + head) + 2 A(student)  (gradients reach every layer)
         student backward, weights       2 N(trained student weights)  (frozen embeddings and head: none for them)
-    local stage (`blockwise.py`: each multi-layer student layer alone, in the teacher's context)
+    local stage (`distill/local.py`: each multi-layer student layer alone, in the teacher's context)
         teacher backbone forward        2 N(teacher layers) + A(teacher)  (no head)
         trained student layers          6 N(those layers) + 3 A(those layers)  (forward, both backward halves)
 
@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
+from ..config.profiles import get
 from ..models.adapters import get_adapter, layers_of
 from ..models.plan import LayerPlan
 
@@ -165,7 +166,6 @@ def family_costs(config: PretrainedConfig, profile="paper", order: str = "last")
     """One row per model a user could want, the family's student (k=0) and every intermediate size k=1..K-1, with
     the training FLOPs of distilling it with `profile`'s recipe (a name, a file or a Profile) on `config`'s teacher.
     The family gets every intermediate size from the k=0 run alone."""
-    from ..config.profiles import get
     from ..evaluate.direct import direct_plan, resolve_order
 
     chosen = get(profile)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
+import typing
 
-if TYPE_CHECKING:
-    from ..models.plan import LayerPlan
+from ..config.profiles import PROFILES, Profile, field_rows, fields_help, table, type_name
+from ..config.profiles import get as get_profile
 
 
 def cmd_sizes(args: argparse.Namespace) -> None:
@@ -17,7 +17,7 @@ def cmd_sizes(args: argparse.Namespace) -> None:
     from ..models.student import init_student
 
     teacher, _ = load_model(args.teacher, dtype=args.dtype)
-    plan = _plan(args, teacher)
+    plan = get_profile(Profile(), **_field_values(args)).layer_plan(len(_layers(teacher)))
     family = Family(teacher, init_student(teacher, plan), plan)
     table = family.sizes(args.order)
     print(f"teacher {args.teacher}: {plan}")
@@ -25,65 +25,35 @@ def cmd_sizes(args: argparse.Namespace) -> None:
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
-    """Distil a student from the teacher with a profile's recipe (rerun the same command to resume)."""
-    from ..distill.trainer import distill
+    """Distil a student from the teacher with a profile's recipe (rerun the same command to resume): the family's
+    student (`stages.distill_students`, as the pipeline), or one at a size of the family (`stages.distill_direct`)."""
     from ..models.loading import load_model
-    from ..models.student import init_student
-    from ..text_data import packed_blocks
+    from .stages import distill_direct, distill_students
 
-    chosen = get_profile(args.profile, distill=_field_overrides(args, "distill"), plan=_field_overrides(args, "plan"))
-    config = chosen.distill
-    switched_off = {f"{term}_weight": 0.0 for term in ("ce", "kl", "cos") if getattr(args, f"no_{term}")}
-    run = {
-        "output_dir": args.out or f"runs/{chosen.name}/student",
-        "use_cpu": args.cpu or config.use_cpu,
-        "loss": switched_off,
-    }
-    config = get_profile(chosen, distill=run).distill
-    teacher, tokenizer = load_model(config.teacher)
+    changes = _field_values(args)
+    run = changes.setdefault("distill", {})
+    if args.cpu:
+        run["use_cpu"] = True
+    for term in ("ce", "kl", "cos"):
+        if getattr(args, f"no_{term}"):
+            run.setdefault("loss", {})[f"{term}_weight"] = 0.0
+    chosen = get_profile(args.profile, **changes)
+    teacher, tokenizer = load_model(chosen.teacher)
     plan = chosen.layer_plan(len(_layers(teacher)))
-    student = init_student(teacher, plan, random_init=config.student_init == "random", seed=config.seed)
-    data = packed_blocks(
-        tokenizer,
-        args.data,
-        config.seq_len,
-        name=args.data_config,
-        split=args.split,
-        text_field=args.text_field,
-        packing=config.packing,
-    )
+    data = {"source": args.data, "name": args.data_config, "split": args.split, "text_field": args.text_field}
     if args.size is not None or args.layers is not None:
-        out = _distill_direct(args, chosen, config, teacher, tokenizer, plan, data)
-        print(f"Student distilled at size k={args.size} written to {out}")
+        out = distill_direct(
+            chosen, teacher, tokenizer, plan, args.size, args.layers, args.order, args.family_student, args.out, data
+        )
+        print(f"Direct student written to {out}")
         return
+    config = chosen.distill
     print(
         f"teacher {config.teacher}: {plan}; {config.max_steps} steps of {config.batch_size}x{config.grad_accum}"
         f"x{config.seq_len} tokens"
     )
-    out = distill(teacher, student, plan, data, config, tokenizer)
-    print(f"Student written to {out}")
-
-
-def _distill_direct(args: argparse.Namespace, chosen, config, teacher, tokenizer, plan, data):
-    """`distill --size k` / `--layers N`: a student distilled directly at the family's size k (direct.py)."""
-    from dataclasses import replace
-
-    from ..evaluate.direct import direct_student, resolve_order, size_for_layers
-    from ..family.members import Family
-    from ..models.loading import load_student
-
-    family = None
-    if args.family_student:
-        student, _, student_plan = load_student(args.family_student)
-        if student_plan != plan:
-            raise ValueError(f"{args.family_student} has the plan {student_plan}; the profile's is {plan}.")
-        family = Family(teacher, student, plan)
-    order = resolve_order(plan, args.order, family)
-    if args.size is None:
-        args.size = size_for_layers(plan, order, args.layers)
-    out = args.out or f"runs/{chosen.name}/direct_k{args.size}_{order.name}"
-    final = replace(chosen, distill=config)  # the profile with every flag applied
-    return direct_student(teacher, tokenizer, plan, args.size, order, final, out, family=family, data=data)
+    runs = distill_students(chosen, teacher, tokenizer, plan, args.out or f"runs/{chosen.name}/student", data=data)
+    print(f"Student written to {runs['teacher-initialised']}")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -107,7 +77,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from ..evaluate import SweepConfig, sweep
     from ..models.loading import load_model, load_student
 
-    chosen = get_profile(args.profile, plan=_field_overrides(args, "plan"))
+    chosen = get_profile(args.profile, **_field_values(args))
     teacher_name = args.teacher or chosen.teacher
     device = _rank_device()
     teacher, tokenizer = load_model(teacher_name, dtype=args.dtype, device=device)
@@ -157,8 +127,6 @@ def _rank_device():
 
 def cmd_profiles(args: argparse.Namespace) -> None:
     """Print every profile's values (one column each), or one profile as YAML to start a file from."""
-    from ..config.profiles import PROFILES, table
-
     if args.show:
         import yaml
 
@@ -174,24 +142,8 @@ def cmd_profiles(args: argparse.Namespace) -> None:
     chosen = [get_profile(n) for n in names]
     for profile in chosen:
         print(f"{profile.name}: {profile.description}")
-    frame = table(names, help=args.help_text).drop(index=["name", "description"])
-    frame.columns = [p.name for p in chosen] + (["help"] if args.help_text else [])
     print()
-    print(_markdown(frame))
-
-
-def get_profile(name, **overrides):
-    """`profiles.get`, imported on use (it loads torch and transformers)."""
-    from ..config.profiles import get
-
-    return get(name, **overrides)
-
-
-def _markdown(frame) -> str:
-    header = ["field", *map(str, frame.columns)]
-    rows = [[str(i), *map(str, row)] for i, row in zip(frame.index, frame.itertuples(index=False))]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    print(table(chosen, help=args.help_text))
 
 
 def _layers(model):
@@ -206,21 +158,6 @@ def _limit(text: str) -> int | float:
     return int(value) if value.is_integer() else value
 
 
-def _plan(args: argparse.Namespace, teacher) -> LayerPlan:
-    """The paper-style plan the --keep-first/--keep-last/--every flags describe, for this teacher."""
-    from ..models.plan import LayerPlan  # noqa: F811
-
-    return LayerPlan.paper(
-        len(_layers(teacher)), keep_first=args.keep_first, keep_last=args.keep_last, every=args.every
-    )
-
-
-def _add_plan_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--keep-first", type=int, default=1, help="teacher layers kept at the start (paper: 1)")
-    parser.add_argument("--keep-last", type=int, default=2, help="teacher layers kept at the end (paper: 2)")
-    parser.add_argument("--every", type=int, default=2, help="keep every n-th layer in between (paper: 2)")
-
-
 PROFILE_HELP = (
     "a built-in profile (smoke: seconds on a tiny random model; quick: the kit's recipe on a CPU; kit: "
     "the kit's recipe on a GPU; paper: the paper's recipe; paper-llama: with its Llama settings) or a "
@@ -232,84 +169,58 @@ def _add_profile_arg(parser: argparse.ArgumentParser, help: str = PROFILE_HELP) 
     parser.add_argument("--profile", default="quick", metavar="NAME|FILE", help=help)
 
 
-# --- flags generated from the profile's dataclasses ----------------------------------------------------------------
+# --- flags generated from the profile's schema ---------------------------------------------------------------------
 def _add_field_args(
     parser: argparse.ArgumentParser, section: str, skip: tuple[str, ...] = (), title: str | None = None
 ) -> None:
-    """One flag per leaf field of the profile's `section` (distill, plan, ...), named after the field, with the
-    field's help text; a nested field whose name is taken gets its parent's prefix (--loss-compile). The value is
-    checked against the field's type when the profile is built."""
-    from ..config.profiles import Profile, field_rows
-
-    rows = [
-        (path.removeprefix(f"{section}."), tp, help)
-        for path, tp, help in field_rows(Profile)
-        if path.startswith(f"{section}.")
-    ]
+    """One flag per leaf field of the profile's `section` (distill, plan, ...), named after the field, with its help;
+    a nested field whose name is taken gets its parent's prefix (--loss-compile). A value is read as a JSON scalar
+    (else as text) and validated with the profile (pydantic), exactly as the same value in a profile file."""
+    rows = [(path.removeprefix(f"{section}."), tp, h) for path, tp, h in field_rows() if path.startswith(f"{section}.")]
     rows = [r for r in rows if r[0] not in skip]
     leaves = [path.rpartition(".")[2] for path, _, _ in rows]
-    group = parser.add_argument_group(title or f"{section} settings (default: the profile's)")
+    group = parser.add_argument_group(title)
     for (path, tp, help), leaf in zip(rows, leaves):
-        name = leaf if "." not in path or leaves.count(leaf) == 1 else path.replace(".", "-")
+        name = leaf if leaves.count(leaf) == 1 else path.replace(".", "-")
         flag = "--" + name.replace("_", "-")
-        group.add_argument(
-            flag,
-            dest=f"field:{section}.{path}",
-            default=None,
-            help=(help or "(no help text)").replace("%", "%%"),
-            **_arg_kind(tp),
-        )
+        group.add_argument(flag, dest=f"field:{section}.{path}", help=help.replace("%", "%%"), **_shape(tp))
 
 
-def _arg_kind(tp) -> dict:
-    import types
-    import typing
-
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        rest = [a for a in args if a is not type(None)]
-        if set(rest) == {int, float}:
-            return {"type": _limit, "metavar": "N"}
-        if len(rest) == 1:
-            return _arg_kind(rest[0])
-        return {"type": _literal}
+def _shape(tp) -> dict:
+    """A bool is an on/off pair, a tuple takes its items (tuple[float, float]: two), anything else one value."""
     if tp is bool:
         return {"action": argparse.BooleanOptionalAction}
-    if tp in (int, float, str):
-        return {"type": tp, "metavar": tp.__name__.upper()}
-    if origin in (tuple, list):
-        item = args[0] if args else str
-        count = len(args) if origin is tuple and args and (len(args) != 2 or args[1] is not Ellipsis) else "+"
-        kind = item if item in (int, float, str) else _literal
-        name = kind.__name__.upper() if kind is not _literal else "VALUE"
-        return {"nargs": count, "type": kind, "metavar": tuple([name] * count) if count != "+" else name}
-    return {"type": _literal}
+    items = typing.get_args(tp) if typing.get_origin(tp) is tuple else ()
+    if items and items[-1] is Ellipsis:
+        return {"type": _value, "nargs": "+", "metavar": type_name(items[0]).upper()}
+    if items:
+        return {"type": _value, "nargs": len(items), "metavar": tuple(type_name(t).upper() for t in items)}
+    return {"type": _value, "metavar": type_name(tp).upper().replace(" ", "")}
 
 
-def _literal(text: str):
-    """A value of a type the flag cannot name: read as YAML (a number, true/false, null, a list, a mapping)."""
-    import yaml
+def _value(text: str):
+    import json
 
-    return yaml.safe_load(text)
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
-def _field_overrides(args: argparse.Namespace, section: str) -> dict:
-    """The nested mapping of the `section` fields given on the command line."""
+def _field_values(args: argparse.Namespace) -> dict:
+    """The profile fields given on the command line, as nested mappings ({"distill": {"loss": {...}}, ...})."""
     out: dict = {}
     for dest, value in vars(args).items():
-        if not dest.startswith(f"field:{section}.") or value is None:
-            continue
-        *parents, leaf = dest.removeprefix(f"field:{section}.").split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = list(value) if isinstance(value, tuple) else value
+        if dest.startswith("field:") and value is not None:
+            *parents, leaf = dest.removeprefix("field:").split(".")
+            node = out
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
     return out
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..config.profiles import PROFILES, fields_help
-
     epilog = (
         "profiles: " + ", ".join(PROFILES) + " or a .yaml/.json file (`boomerang profiles` prints their "
         "values).\nA profile's fields:\n" + fields_help()
@@ -323,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     sizes.add_argument("--teacher", default="smollm2-135m", help="hub id, local path, or smollm2-135m")
     sizes.add_argument("--dtype", default="float32")
     sizes.add_argument("--order", default="last")
-    _add_plan_args(sizes)
+    _add_field_args(sizes, "plan", title="the student's layers (default: the paper's)")
     sizes.set_defaults(func=cmd_sizes)
 
     dist = sub.add_parser(

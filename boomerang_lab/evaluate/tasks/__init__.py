@@ -2,19 +2,9 @@
 
 from pathlib import Path
 
+from ...config.evaluate import LOCAL_TASKS  # noqa: F401  (the task list lives below every stage)
+
 TASKS_DIR = Path(__file__).resolve().parent
-LOCAL_TASKS = (
-    "arc_easy_local",
-    "arc_challenge_local",
-    "piqa_local",
-    "hellaswag_local",
-    "winogrande_local",
-    "boolq_local",
-    "openbookqa_local",
-    "lambada_openai_local",
-    "rte_local",
-    "wikitext_local",
-)
 
 NOT_COMPARABLE = frozenset({"hellaswag_local", "boolq_local"})
 """Local copies whose prompts differ from the stock task's (evaluate/README.md): their numbers are not comparable

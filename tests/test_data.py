@@ -2,9 +2,8 @@
 
 import pytest
 
-from boomerang_lab.data import CORPUS_FILES, data_file
+from boomerang_lab.data import CORPUS_FILES, _local_files, data_file, packed_blocks
 from boomerang_lab.models.loading import load_model
-from boomerang_lab.text_data import _local_files, packed_blocks
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +45,12 @@ def test_evaluation_data_is_refused(tokenizer, tmp_path):
 
 
 def test_hub_ids_are_streamed_and_packed(tokenizer, monkeypatch):
+    import datasets
     from datasets import Dataset
-
-    import boomerang_lab.text_data as text_data
 
     calls = []
     docs = Dataset.from_dict({"body": ["hello world " * 50, "foo bar " * 30], "meta": [1, 2]})
-    monkeypatch.setattr(text_data, "load_dataset", lambda *a, **k: calls.append((a, k)) or docs.to_iterable_dataset())
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or docs.to_iterable_dataset())
     blocks = list(packed_blocks(tokenizer, "org/corpus", 16, name="en", text_field="body"))
     assert calls == [(("org/corpus", "en"), {"split": "train", "streaming": True})]
     assert blocks and all(list(b) == ["input_ids"] and len(b["input_ids"]) == 16 for b in blocks)
