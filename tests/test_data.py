@@ -54,3 +54,40 @@ def test_hub_ids_are_streamed_and_packed(tokenizer, monkeypatch):
     blocks = list(packed_blocks(tokenizer, "org/corpus", 16, name="en", text_field="body"))
     assert calls == [(("org/corpus", "en"), {"split": "train", "streaming": True})]
     assert blocks and all(list(b) == ["input_ids"] and len(b["input_ids"]) == 16 for b in blocks)
+
+
+def test_each_corpus_file_holds_out_its_tail_and_training_never_reads_it(tokenizer):
+    """The last HELD_OUT_FRACTION of each corpus file is the in-corpus evaluation text: the training part and the
+    held-out part split the file at a line break, and what `packed_blocks` trains on is the training part only."""
+    from boomerang_lab.data import HELD_OUT_FRACTION, _training_text, corpus_text, held_out_text
+
+    for f in CORPUS_FILES:
+        full, train, held = corpus_text(f, "all"), corpus_text(f, "train"), corpus_text(f, "held_out")
+        assert train + held == full and train.endswith("\n")
+        assert 0.5 * HELD_OUT_FRACTION < len(held) / len(full) <= HELD_OUT_FRACTION
+        assert _training_text(data_file(f)) == train
+    held = held_out_text()
+    blocks = packed_blocks(tokenizer, seq_len=64)
+    trained = {tuple(b) for b in blocks["input_ids"]}
+    tail = tokenizer(corpus_text(CORPUS_FILES[1], "held_out"), add_special_tokens=False)["input_ids"][8:72]
+    assert len(tail) == 64 and tuple(tail) not in trained  # (no block starts there: checked on the stream below)
+    stream = [t for b in blocks["input_ids"] for t in b]
+    needle = tail[:32]
+    assert not any(stream[i : i + 32] == needle for i in range(len(stream) - 32))
+    assert corpus_text(CORPUS_FILES[1], "held_out").strip()[:200] in held
+    with pytest.raises(ValueError, match="use 'train', 'held_out' or 'all'"):
+        corpus_text(CORPUS_FILES[0], "test")
+
+
+def test_calibration_windows_never_come_from_the_held_out_tail():
+    from boomerang_lab.data import calibration_set, corpus_text
+
+    class Chars:
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(c) for c in text]}
+
+    # 400 windows: drawn from whole files, about 8 of them would fall in the 2 % tails
+    batch = calibration_set(Chars(), num_sequences=50 * len(CORPUS_FILES), seq_len=40, seed=3)
+    for row, name in zip(batch, [*CORPUS_FILES] * 50):
+        window = "".join(map(chr, row.tolist()))
+        assert window in corpus_text(name, "train") and window not in corpus_text(name, "held_out")
