@@ -554,3 +554,30 @@ def test_run_streams_the_notebooks_prints_without_the_kernels_plain_tcp_warning(
     assert "a notebook line" in out
     if zmq.has("curve"):
         assert "without encryption" not in out + err
+
+
+def test_publishing_drops_log_lines_and_the_sweeps_second_table():
+    """lm-eval's bootstrapping lines, the Trainer's closing dicts and the sweep's summary table (the numbers the
+    notebook then shows labelled) stay out of the committed outputs; the progress lines stay."""
+    from boomerang_lab.study.publish import clean
+
+    cell = new_code_cell("sweep(...)")
+    cell.outputs = [
+        nbformat.v4.new_output(
+            "stream", name="stdout", text="[sweep] 1/54 boomerang k=0\nbootstrapping for stddev: perplexity\n"
+        ),
+        nbformat.v4.new_output("stream", name="stdout", text="{'train_runtime': '96.69', 'train_loss': '5.208'}\n"),
+        nbformat.v4.new_output(
+            "stream",
+            name="stdout",
+            text="54 evaluations run, 0 found in results/quick.csv\ntask  wikitext_ppl\n323.7\n",
+        ),
+    ]
+    nb = clean(new_notebook(cells=[cell]))
+    assert [o.text for o in nb.cells[0].outputs] == [
+        "[sweep] 1/54 boomerang k=0\n",
+        "54 evaluations run, 0 found in results/quick.csv\n",
+    ]
+    assert problems(new_notebook(cells=[cell])) == [
+        "log lines in the outputs ('bootstrapping for stddev: perplexity', 2 in all)"
+    ]
