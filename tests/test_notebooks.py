@@ -38,7 +38,7 @@ KNOBS = {
     "07_orders": {"study", "device", "compare"},
 }
 """The notebook's own settings, which the pipeline leaves at their defaults."""
-STUDY_NOTEBOOKS = {"09_direct_vs_family": {"profile": "smoke"}}
+STUDY_NOTEBOOKS = {"08_off_the_shelf": {"offline": True}, "09_direct_vs_family": {"profile": "smoke"}}
 """Notebooks outside the pipeline that read committed study results, committed with their outputs (published from a
 run with their defaults); each runs in the tests with these parameters."""
 
@@ -123,40 +123,101 @@ def test_committed_notebook_is_fit_to_commit(name):
         assert problems(nb) == []
 
 
-# --- quoted numbers --------------------------------------------------------------------------------------------------
-QUOTED = re.compile(r"(?<![\w.,])(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+|\d+(?=\s?%))(\s?%)?(?![\w.])")
-"""A number prose quotes as a result: with decimals, with thousands separators, or a percentage. Plain integers
-("30 layers", "notebook 03", "64 windows") are structure, not results, and are not checked."""
+# --- quoted numbers, named panels and columns, promised figures -----------------------------------------------------
+QUOTED = re.compile(r"(?<![\w.,^/#-])(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+|\d+)(\s?%)?(?![\w.]|,\d|-\w|\^)")
+"""A number prose quotes: with decimals, with thousands separators, a percentage, or a plain integer ("64 windows")."""
 SHOWN = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][+-]?\d+)?")
+METHOD_CONSTANTS = {"0", "1", "2"}
+"""Plain integers prose may use without an output showing them: k = 0 (the student), "1 at the student, 0 at the
+teacher" (the curve's scale), "2-layer blocks" and "2 combined stderrs" (the plan's block size and the criterion's
+bar). Every other integer a sentence quotes (a setting such as 64 windows or 4,096 tokens, a count, a layer) must
+appear in an output of its section, where the reader can check it."""
+NOT_QUOTES = re.compile(
+    r"```.*?```|`[^`]*`|\$\$.*?\$\$|\$[^$]*\$|\b[Ss]teps? \d\b|\bnotebooks? \d\d(?:\s*(?:-|–|→|and)\s*\d\d)*"
+    r"|\b(?:Figures?|Fig\.|Tables?)\s+\d+(?:\s*(?:and|,|–|-)\s*\d+)*|\bet al\.,? \d{4}|\b(?:ICLR|arXiv:?) [\d.]+"
+    r"|^#+ \d\d ·|^\s*\d+\. |\b0\d\b|https?://\S+|\]\([^)]*\)",
+    re.S | re.M,
+)
+"""What in a Markdown cell is no quoted result: code blocks and spans (names, commands), math, notebook numbers
+("notebook 03", "01-07", "03's": a zero-padded number is a notebook's), the paper's figure and table numbers,
+citations' years, the title's number, list numbering, links."""
 STRUCTURAL: dict[str, set[str]] = {}
-"""Numbers a notebook's Markdown may quote without showing them: none at present. Add {notebook: {"2.1"}} only for
-a number that describes the method rather than a result (and say why here)."""
+"""Numbers a notebook's Markdown may quote without showing them in its section: none at present. Add
+{notebook: {"2.1"}} only for a number that describes the method rather than a result (and say why here)."""
+VOCABULARY = {
+    "local_nmse",
+    "local_cos",
+    "ce",
+    "kl",
+    "cos",
+    "lr",
+    "token_perplexity",
+    "word_perplexity",
+    "byte_perplexity",
+    "acc",
+    "acc_norm",
+    "limit",
+    "area",
+    "signed_area",
+    "score",
+    "above_line",
+    "log_rise",
+    "log_gap",
+    "violations",
+    "worst_violation",
+    "kl_objective",
+    "measured",
+    "seconds",
+}
+"""Names of metrics, loss terms and table columns: one that prose names in backticks (a panel, a column) must appear
+in the outputs of its section (a printed panel list, a table header)."""
+METRICS = {"perplexity": ("perplexity", "ppl"), "accuracy": ("acc",), "cosine": ("cos",), "loss": ("loss",)}
+"""A metric a heading names, and the tokens of it the section's code must use (the metric it plots or tabulates)."""
 
 
-def _shown_numbers(nb) -> list[float]:
-    values = []
+def sections(nb) -> list[dict]:
+    """The notebook split at Markdown headings: each section's heading, prose and outputs (text of every output of
+    its code cells) and code. A Markdown cell with a heading inside splits at the heading."""
+    parts = [{"heading": "", "prose": [], "outputs": [], "code": []}]
     for cell in nb.cells:
-        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
-            texts = [out.get("text", "")] + [v for v in out.get("data", {}).values() if isinstance(v, str)]
-            for text in texts:
-                for token in SHOWN.findall(text):
-                    try:
-                        values.append(float(token.replace(",", "")))
-                    except ValueError:
-                        continue
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if re.match(r"#{1,6} ", line):
+                    parts.append({"heading": line, "prose": [], "outputs": [], "code": []})
+                else:
+                    parts[-1]["prose"].append(line)
+            parts[-1]["prose"].append("")
+        elif cell.cell_type == "code":
+            parts[-1]["code"].append(cell.source)
+            for out in cell.get("outputs", []):
+                texts = [out.get("text", "")] + [v for v in out.get("data", {}).values() if isinstance(v, str)]
+                parts[-1]["outputs"] += texts
+    for part in parts:
+        part["prose"] = "\n".join(part["prose"])
+    return parts
+
+
+def _numbers(texts) -> list[float]:
+    values = []
+    for text in texts:
+        for token in SHOWN.findall(text):
+            try:
+                values.append(float(token.replace(",", "")))
+            except ValueError:
+                continue
     return values
 
 
 def unshown_numbers(nb, allowed: set[str] = frozenset()) -> list[str]:
-    """The numbers the notebook's Markdown cells quote that none of its outputs shows (within the quoted rounding:
-    0.51 matches a shown 0.5123; a percentage also matches a shown share, 26 % ~ 0.26, or ratio, 26 % ~ 1.26)."""
-    shown = _shown_numbers(nb)
+    """The numbers the notebook's Markdown quotes that no output of the same section (heading to next heading) shows,
+    within the quoted rounding (0.51 matches a shown 0.5123; a percentage also matches a shown share, 26 % ~ 0.26, or
+    ratio, 26 % ~ 1.26); plain integers too, except METHOD_CONSTANTS and `allowed`."""
     missing = []
-    for cell in nb.cells:
-        if cell.cell_type != "markdown":
-            continue
-        for number, percent in QUOTED.findall(cell.source):
-            if number in allowed:
+    for part in sections(nb):
+        shown = _numbers(part["outputs"])
+        prose = NOT_QUOTES.sub(" ", part["heading"] + "\n" + part["prose"])
+        for number, percent in QUOTED.findall(prose):
+            if number in allowed or number in METHOD_CONSTANTS:
                 continue
             value = float(number.replace(",", ""))
             decimals = len(number.partition(".")[2])
@@ -167,23 +228,134 @@ def unshown_numbers(nb, allowed: set[str] = frozenset()) -> list[str]:
     return missing
 
 
+def unshown_names(nb) -> list[str]:
+    """Metric, loss-term and column names (VOCABULARY) that a section's prose names in backticks and none of its
+    outputs shows: a panel the figure does not draw, a column the table does not have (sections with outputs)."""
+    missing = []
+    for part in sections(nb):
+        if not part["outputs"]:  # prose without a table or figure (a method's description) names terms freely
+            continue
+        shown = "\n".join(part["outputs"])
+        for name in re.findall(r"`(\w+)`", part["prose"]):
+            if name in VOCABULARY and not re.search(rf"(?<!\w){name}(?!\w)", shown):
+                missing.append(name)
+    return missing
+
+
+def unplotted_heading_metrics(nb) -> list[str]:
+    """Headings that name a metric (METRICS) whose section's code never uses it."""
+    wrong = []
+    for part in sections(nb):
+        code = "\n".join(part["code"]).lower()
+        for word, tokens in METRICS.items():
+            if word in part["heading"].lower() and code.strip() and not any(t in code for t in tokens):
+                wrong.append(part["heading"])
+    return wrong
+
+
+def promised_figures(nb) -> set[str]:
+    """The figures a notebook says it saves: `save_figure(..., "name")` in its code, "saved as `name`" in its prose."""
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    return set(re.findall(r"save_figure\([^)]*?[\"']([\w.-]+)[\"']", code)) | set(
+        re.findall(r"saved (?:as|into) `([\w.-]+?)(?:\.png|\.pdf)?`", prose)
+    )
+
+
+def missing_figures(nb, folder: Path) -> list[str]:
+    """The promised figures that the run did not write into `folder` (as name.png)."""
+    return sorted(name for name in promised_figures(nb) if not (Path(folder) / f"{name}.png").exists())
+
+
+def _md_notebook(*cells) -> nbformat.NotebookNode:
+    """A notebook from (markdown, outputs) pairs: each Markdown cell followed by a code cell printing `outputs`."""
+    nb = new_notebook()
+    for prose, printed in cells:
+        nb.cells.append(new_markdown_cell(prose))
+        code = new_code_cell("...")
+        code.outputs = [nbformat.v4.new_output("stream", name="stdout", text=printed)]
+        nb.cells.append(code)
+    return nb
+
+
 def test_unshown_numbers_finds_a_stale_quote():
     nb = new_notebook(cells=[new_markdown_cell("falls from 0.51 to 0.14, 1,115 against 26 % and 30 layers")])
     cell = new_code_cell("x")
-    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="0.5123 1115.2 1.26\n")]
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="0.5123 1115.2 1.26 30\n")]
     nb.cells.append(cell)
     assert unshown_numbers(nb) == ["0.14"]
     assert unshown_numbers(nb, {"0.14"}) == []
 
 
-@pytest.mark.parametrize("name", PIPELINE)
-def test_committed_prose_quotes_only_numbers_its_outputs_show(name):
-    """The committed notebook's Markdown quotes no result its outputs do not show (readings are rendered from the
-    computed values, so their numbers are outputs); a notebook without outputs (not yet published) has none."""
+OLD_07_KLPATCH = (
+    "## The orders\n\n- **`klpatch`**: greedy. At each size, swap the remaining block whose member has the lowest "
+    "KL(teacher ‖ member) on\n  a calibration set of 64 windows of training text.",
+    "klpatch order: [[11], [10]] (52 s; 4 x 256 calibration tokens, every 1 scored, autocast None)\n",
+)
+"""Issue 26's quotes, as committed at 1e2244a (07's definition of klpatch beside the search's printed line)."""
+OLD_09_FIGURE4 = (
+    "## Figure 4: the family's curve and the students distilled at their own size\n\nWikiText-2 test token "
+    "perplexity (first 4,096 tokens, bf16 autocast; log scale) and LAMBADA accuracy (64 examples, ± one stderr)",
+    "182 rows · recipe quick · order last · direct-student seeds [0, 1]\n",
+)
+OLD_01_PANELS = (
+    "## The loss curves\n\nA run with a local stage draws it first (its `local_nmse` and `local_cos`), then the "
+    "global stage's\n`ce`, `kl` and `cos` (1 − cos) after the dotted line.",
+    "panels: local_nmse, ce, kl, cos, lr\n",
+)
+OLD_04_LIMIT = (
+    "## Every task against size\n\nReading it: with few examples per task (the `limit` column of the table above) "
+    "the accuracy panels overlap within their bands.",
+    "task lambada_openai_local wikitext_ppl\nmetric acc perplexity token_perplexity\n",
+)
+
+
+def test_the_guard_sees_issue_26s_old_quotes():
+    """Each check, on one of the quotes issue 26 found (the old guard let all of them pass)."""
+    assert unshown_numbers(_md_notebook(OLD_07_KLPATCH)) == ["64"]  # a plain integer no output shows
+    assert unshown_numbers(_md_notebook(OLD_09_FIGURE4)) == ["4,096", "64"]  # 09 now covered: no output shows 4,096
+    # the same section: 4,096 shown in another section's output does not count
+    elsewhere = _md_notebook(OLD_09_FIGURE4, ("## Set-up", "first 4096 tokens, 64 examples\n"))
+    assert unshown_numbers(elsewhere) == ["4,096", "64"]
+    assert unshown_numbers(_md_notebook((OLD_09_FIGURE4[0], "4096 tokens, 64 examples\n"))) == []
+    assert unshown_names(_md_notebook(OLD_01_PANELS)) == ["local_cos"]  # a panel the figure does not draw
+    assert unshown_names(_md_notebook(OLD_04_LIMIT)) == ["limit"]  # a column the table does not have
+    # a heading that names a metric its section never uses
+    nb = _md_notebook(("## Perplexity against size", ""))
+    nb.cells[1].source = "plots.size_curves(table, metric='acc')"
+    assert unplotted_heading_metrics(nb) == ["## Perplexity against size"]
+    nb.cells[1].source = "plots.perplexity_vs_size(table)"
+    assert unplotted_heading_metrics(nb) == []
+    # a figure promised in prose or code that the run did not write
+    nb = _md_notebook(("The figure is saved as `perplexity_vs_size` beside the others.", ""))
+    nb.cells[1].source = 'plots.save_figure(fig, figures, "size_curves")'
+    assert promised_figures(nb) == {"perplexity_vs_size", "size_curves"}
+
+
+def test_missing_figures_names_what_was_not_written(tmp_path):
+    nb = _md_notebook(("saved as `a`", ""))
+    nb.cells[1].source = 'save_figure(fig, figures, "b", formats=("png",))'
+    (tmp_path / "b.png").write_bytes(b"png")
+    assert missing_figures(nb, tmp_path) == ["a"]
+
+
+def _guard(nb, name) -> dict:
+    return {
+        "numbers": unshown_numbers(nb, STRUCTURAL.get(name, set())),
+        "names": unshown_names(nb),
+        "headings": unplotted_heading_metrics(nb),
+    }
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_prose_quotes_only_what_its_section_shows(name):
+    """The committed notebook's Markdown quotes no number, names no panel or column and heads no metric that its
+    section's outputs do not show (readings are rendered from the computed values, so their numbers are outputs); a
+    notebook without outputs (not yet published) has none."""
     nb = _read(name)
     if not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"):
         pytest.skip(f"{name} carries no outputs yet (the smoke run checks its prose)")
-    assert unshown_numbers(nb, STRUCTURAL.get(name, set())) == []
+    assert _guard(nb, name) == {"numbers": [], "names": [], "headings": []}
 
 
 # --- running them ----------------------------------------------------------------------------------------------------
@@ -209,7 +381,8 @@ def test_smoke_pipeline_executes_every_notebook_into_the_output_folder(smoke):
     assert speeds and all(v > 0 for v in speeds.values())
     for name in PIPELINE:
         nb = nbformat.read(smoke / f"{name}.ipynb", as_version=4)
-        assert unshown_numbers(nb, STRUCTURAL.get(name, set())) == [], name
+        assert _guard(nb, name) == {"numbers": [], "names": [], "headings": []}, name
+        assert missing_figures(nb, smoke / "figures") == [], name
         html = "".join(
             o.get("data", {}).get("text/html", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
         )
@@ -223,12 +396,12 @@ def test_study_notebook_runs_under_papermill_and_saves_its_figure(name, tmp_path
         str(NOTEBOOK_DIR / f"{name}.ipynb"),
         str(executed),
         cwd=str(NOTEBOOK_DIR),
-        parameters={**STUDY_NOTEBOOKS[name], "figures": str(tmp_path)},
+        parameters={**STUDY_NOTEBOOKS[name], **({"figures": str(tmp_path)} if "figures" in _defaults(name) else {})},
         progress_bar=False,
         kernel_manager_class=pipeline._encrypted_kernel_manager(),
     )
     assert not errors(executed)
-    assert [p.suffix for p in tmp_path.glob("*.png")] == [".png"]
+    assert missing_figures(nbformat.read(executed, as_version=4), tmp_path) == []
     published = nbformat.read(publish(executed, tmp_path / "published" / f"{name}.ipynb"), as_version=4)
     assert problems(published) == [] and _images(published) >= 1
 
@@ -381,3 +554,30 @@ def test_run_streams_the_notebooks_prints_without_the_kernels_plain_tcp_warning(
     assert "a notebook line" in out
     if zmq.has("curve"):
         assert "without encryption" not in out + err
+
+
+def test_publishing_drops_log_lines_and_the_sweeps_second_table():
+    """lm-eval's bootstrapping lines, the Trainer's closing dicts and the sweep's summary table (the numbers the
+    notebook then shows labelled) stay out of the committed outputs; the progress lines stay."""
+    from boomerang_lab.study.publish import clean
+
+    cell = new_code_cell("sweep(...)")
+    cell.outputs = [
+        nbformat.v4.new_output(
+            "stream", name="stdout", text="[sweep] 1/54 boomerang k=0\nbootstrapping for stddev: perplexity\n"
+        ),
+        nbformat.v4.new_output("stream", name="stdout", text="{'train_runtime': '96.69', 'train_loss': '5.208'}\n"),
+        nbformat.v4.new_output(
+            "stream",
+            name="stdout",
+            text="54 evaluations run, 0 found in results/quick.csv\ntask  wikitext_ppl\n323.7\n",
+        ),
+    ]
+    nb = clean(new_notebook(cells=[cell]))
+    assert [o.text for o in nb.cells[0].outputs] == [
+        "[sweep] 1/54 boomerang k=0\n",
+        "54 evaluations run, 0 found in results/quick.csv\n",
+    ]
+    assert problems(new_notebook(cells=[cell])) == [
+        "log lines in the outputs ('bootstrapping for stddev: perplexity', 2 in all)"
+    ]

@@ -1,4 +1,12 @@
-"""Size–quality curves of patch orders: how smooth each is (monotonicity, area to the straight line), and a figure."""
+"""Size–quality curves of patch orders: how good each is (in log perplexity, against the straight line between its
+ends on a log axis; monotonicity), and a figure.
+
+The ranking a reader makes looking at the curves: a curve that climbs back up (a violation) or bulges above the
+straight student–teacher line is bad; a curve lower than the line is good, never penalised. `curve_quality`'s
+`score` measures that in natural-log units of the metric (for perplexity: nats of log perplexity, so 0.1 is about
+10 % higher perplexity); `rank_curves` orders by it. The older `area` (|y - line| in the linear metric, as a share of
+the gap) is kept beside it for comparison only: it penalised being better than the line as much as being worse.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +37,15 @@ def curve_quality(
     - worst_violation: the largest such step as a share of |metric_student - metric_teacher| (0 if monotone);
     - area: the integral over s in [0, 1] of |y(s) - (1 - s)|, computed exactly (0 = the straight line);
     - signed_area: the integral of y(s) - (1 - s): > 0 means worse than the straight line, < 0 better.
+    (area and signed_area: the old measure, kept for comparison; it ranks a curve below the line as "less smooth".)
+    In log scale (natural log of the metric; the line straight on a log axis between the two ends, `log_line`), over
+    the intermediate sizes i, with g_i = log metric_i - line(s_i) (sign flipped when higher is better, so g > 0 is
+    always worse than the line):
+    - above_line: the mean of max(0, g_i): how far above the line the curve is, on average (0 when it is on or below);
+    - log_rise: the sum of the steps that go the wrong way, in log units (0 when monotone);
+    - score = above_line + log_rise: what `rank_curves` ranks by (lower is better; 0: never above the line, monotone);
+    - log_gap: the mean of g_i (< 0: below the line on balance), the tie-break between curves of score 0.
+    A metric that is not positive everywhere (a KL that is 0 at the teacher) has NaN in these four columns.
     """
     missing = {*by, "k", x, metric} - set(table.columns)
     if missing:
@@ -44,8 +61,16 @@ def curve_quality(
             )
         share = (size - size[0]) / (size[-1] - size[0])
         y = (value - value[-1]) / (value[0] - value[-1])
-        worse = np.diff(value) * (1 if lower_is_better else -1)
+        sign = 1 if lower_is_better else -1
+        worse = np.diff(value) * sign
         d = y - (1 - share)
+        if (value > 0).all():
+            log = np.log(value)
+            gap = sign * (log - (log[0] + (log[-1] - log[0]) * share))[1:-1]
+            above = float(np.maximum(gap, 0).mean()) if len(gap) else 0.0
+            rise = float(np.maximum(np.diff(log) * sign, 0).sum())
+        else:  # a metric that reaches 0 (a KL at the teacher) has no log scale: the log columns are NaN
+            gap, above, rise = np.array([np.nan]), np.nan, np.nan
         rows.append(
             {
                 **dict(zip(by, key)),
@@ -54,9 +79,20 @@ def curve_quality(
                 "worst_violation": float(max(worse.max(), 0) / abs(value[0] - value[-1])),
                 "area": _integral(share, np.abs(d), d),
                 "signed_area": _integral(share, d),
+                "above_line": above,
+                "log_rise": rise,
+                "score": above + rise,
+                "log_gap": float(gap.mean()) if len(gap) else 0.0,
             }
         )
     return pd.DataFrame(rows)
+
+
+def rank_curves(quality: pd.DataFrame, old: bool = False) -> pd.DataFrame:
+    """`curve_quality`'s rows best first: by `score` (above the log line plus wrong-way log steps), then `log_gap`
+    (lower on balance). `old=True`: the previous ranking, fewest violations then the smallest linear `area`."""
+    keys = ["violations", "area"] if old else ["score", "log_gap"]
+    return quality.sort_values(keys, kind="stable")
 
 
 def _integral(x: np.ndarray, f: np.ndarray, linear: np.ndarray | None = None) -> float:
@@ -70,12 +106,19 @@ def _integral(x: np.ndarray, f: np.ndarray, linear: np.ndarray | None = None) ->
     return float((segment * dx).sum())
 
 
-def reference_line(size: Sequence[float], value: Sequence[float], points: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """The straight student–teacher line that `curve_quality`'s area is measured against, as points to draw: linear
-    in the metric itself between the two ends (size[0], value[0]) and (size[-1], value[-1]). On a log axis it is a
-    curve, not the straight segment between the two end points."""
+def reference_line(
+    size: Sequence[float], value: Sequence[float], points: int = 64, scale: str = "log"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The straight student–teacher line that `curve_quality` measures against, as points to draw between the two
+    ends (size[0], value[0]) and (size[-1], value[-1]): `scale="log"` (the score's line) is linear in log(value),
+    the straight segment on a log axis; `scale="linear"` is the old area's line, linear in the value itself."""
     x = np.linspace(size[0], size[-1], points)
-    return x, value[0] + (value[-1] - value[0]) * (x - size[0]) / (size[-1] - size[0])
+    t = (x - size[0]) / (size[-1] - size[0])
+    if scale == "log":
+        return x, np.exp(np.log(value[0]) + (np.log(value[-1]) - np.log(value[0])) * t)
+    if scale != "linear":
+        raise ValueError(f"reference_line scale {scale!r}: use 'log' or 'linear'.")
+    return x, value[0] + (value[-1] - value[0]) * t
 
 
 def order_curves(
@@ -86,8 +129,8 @@ def order_curves(
     x: str = "params",
 ):
     """A grid of each metric against size `x` (log y where positive): one row per metric, one column per `panel`
-    value, one line per `by` value, and the straight student–teacher line that curve_quality measures against
-    (`reference_line`: linear in the metric, so curved on a log axis)."""
+    value, one line per `by` value, and the straight student–teacher line that curve_quality's score measures
+    against (`reference_line`: linear in log(metric), the straight segment on the log axis)."""
     panels = list(dict.fromkeys(table[panel])) if panel else [None]
     lines = list(dict.fromkeys(table[by]))
     colors = dict(zip(lines, sns.color_palette("tab10", len(lines))))
@@ -111,9 +154,11 @@ def order_curves(
                     label=name,
                 )
             ends = rows.sort_values("k").groupby(by, sort=False).nth([0, -1]).drop_duplicates(x).sort_values(x)
-            line_x, line_y = reference_line(ends[x].to_numpy(float), ends[metric].to_numpy(float))
-            ax.plot(line_x / scale, line_y, ls="--", lw=1, color="gray", zorder=0, label="straight line")
             positive = (rows[metric] > 0).all()
+            line_x, line_y = reference_line(
+                ends[x].to_numpy(float), ends[metric].to_numpy(float), scale="log" if positive else "linear"
+            )
+            ax.plot(line_x / scale, line_y, ls="--", lw=1, color="gray", zorder=0, label="straight line")
             ax.set(
                 yscale="log" if positive else "linear",
                 ylabel=metric,

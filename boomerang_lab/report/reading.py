@@ -36,6 +36,52 @@ def share(count: int, total: int, noun: str = "sizes") -> str:
     return f"{count} of {total} {noun}"
 
 
+TEACHERS = {
+    "smollm2-135m": "SmolLM2-135M-Instruct, dequantised from a Q4_1 GGUF",
+    "smollm2-tiny-random": "a tiny random SmolLM2-shaped model (smoke test)",
+}
+"""What an embedded teacher name is, said precisely wherever a reader compares its numbers with published ones (the
+embedded `smollm2-135m` is the Instruct model, dequantised from 4-bit weights, not the base model)."""
+
+
+def teacher_label(name: str) -> str:
+    """The teacher named as what it is: "SmolLM2-135M-Instruct, dequantised from a Q4_1 GGUF" for `smollm2-135m`;
+    any other name (a hub id, a path) as given."""
+    return TEACHERS.get(str(name), f"`{name}`")
+
+
+def direction(start: float, end: float, within: float = 0.0) -> str:
+    """The word for how a value moved from `start` to `end`: "rose", "fell", or "stayed within ±`within`" when
+    |end - start| <= within (an absolute tolerance: the noise the reader should ignore)."""
+    delta = float(end) - float(start)
+    if abs(delta) <= within:
+        return f"stayed within ±{num(within)}"
+    return "rose" if delta > 0 else "fell"
+
+
+def moved(start: float, end: float, within: float = 0.0, digits: int = 3) -> str:
+    """ "rose from 0.0993 to 0.102", "fell from 7.09 to 4.44" or "stayed within ±0.01 (0.0993 to 0.0995)"."""
+    word = direction(start, end, within)
+    span = f"{num(start, digits)} to {num(end, digits)}"
+    return f"{word} ({span})" if word.startswith("stayed") else f"{word} from {span}"
+
+
+def lower_at(a: pd.Series, b: pd.Series, noun: str = "sizes") -> str:
+    """ "lower at 13 of 13 sizes" (or "... at none of the 13 sizes"): where `a` < `b`, over the index values both
+    have (NaN on either side left out)."""
+    both = pd.concat([pd.Series(a), pd.Series(b)], axis=1).dropna()
+    count, total = int((both.iloc[:, 0] < both.iloc[:, 1]).sum()), len(both)
+    if count == 0:
+        return f"lower at none of the {total} {noun}"
+    return f"lower at {count} of {total} {noun}"
+
+
+def ranked(values: pd.Series, lower_is_better: bool = True) -> str:
+    """The index labels of `values` from best to worst, joined by " < " (lower is better) or " > ": "a < b < c"."""
+    order = values.sort_values(ascending=lower_is_better)
+    return (" < " if lower_is_better else " > ").join(str(i) for i in order.index)
+
+
 def reading(*bullets: str) -> Markdown:
     """The reading as a Markdown bullet list (empty bullets are left out)."""
     return Markdown("\n".join(f"- {b}" for b in bullets if b))

@@ -4,7 +4,9 @@ Cleaning keeps what a reader on GitHub should see (code, markdown, figures, tabl
 belongs to one machine or one run: widgets (progress bars are dropped; a widget that is a cell's value, the
 explorer, becomes a note), papermill's injected-parameters cell (the source's own parameters cell stays, so a
 rerun in JupyterLab uses the notebook's defaults), papermill's and the widgets' metadata, stderr streams (progress
-bars, warnings), and absolute paths of this checkout and of the home directory in printed text.
+bars, warnings), log lines that are no result (`LOG_LINES`: lm-eval's "bootstrapping for stddev", the Trainer's
+end-of-training dicts; the sweep's closing summary table, which the notebook shows labelled right after), and absolute
+paths of this checkout and of the home directory in printed text.
 """
 
 from __future__ import annotations
@@ -16,11 +18,16 @@ import nbformat
 
 from ..store.atomic import atomic_write_text
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent  # boomerang_lab/study/ -> the repository
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_NOTE = "(an interactive widget: open the notebook in JupyterLab, `make lab`, to use it)"
 TEMP = re.compile(r"/tmp/[^\s'\"<>]*")
 ADDRESS = re.compile(r" at 0x[0-9a-f]+>")  # object reprs: <pandas...Styler at 0x7f...>
+LOG_LINES = re.compile(r"^(bootstrapping for stddev\b.*|\{'train_runtime': .*\})$")
+"""Printed lines that are logs, not results: dropped from the committed outputs."""
+SWEEP_DONE = re.compile(r"^\d+ evaluations run, \d+ found in ")
+"""The sweep's closing line: kept, and the summary table it prints after it (the same numbers the notebook shows
+labelled, a second printing) dropped."""
 MAX_BYTES = 3_000_000
 """A published notebook larger than this is refused (figures should be modest PNGs)."""
 
@@ -36,10 +43,20 @@ def clean(nb: nbformat.NotebookNode, root: Path = ROOT) -> nbformat.NotebookNode
         cell.metadata.pop("execution", None)
         if cell.cell_type != "code":
             continue
-        outputs = []
+        outputs, summary = [], False
         for output in cell.outputs:
             if output.output_type == "stream" and output.name == "stderr":
                 continue
+            if output.output_type == "stream":
+                kept = []
+                for line in output.text.splitlines(keepends=True):
+                    if summary or LOG_LINES.match(line.rstrip("\n")):
+                        continue
+                    kept.append(line)
+                    summary = bool(SWEEP_DONE.match(line))
+                output.text = "".join(kept)
+                if not output.text:
+                    continue
             data = output.get("data", {})
             if WIDGET_VIEW in data:
                 if output.output_type != "execute_result":  # progress bars and other displayed widgets
@@ -90,6 +107,17 @@ def problems(nb: nbformat.NotebookNode, root: Path = ROOT) -> list[str]:
         if o.output_type == "error"
     ]
     found += [f"an error output ({e})" for e in errors]
+    logs = [
+        line
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if o.output_type == "stream"
+        for line in o.text.splitlines()
+        if LOG_LINES.match(line)
+    ]
+    if logs:
+        found.append(f"log lines in the outputs ({logs[0]!r}, {len(logs)} in all)")
     return found
 
 
