@@ -112,3 +112,19 @@ def test_reading_quotes_the_calls(table):
     text = " ".join(budget_reading(table))
     assert "20 % worse at 1k tokens (member worse)" in text
     assert "narrowed" in text
+
+
+def test_versus_teacher_is_each_models_excess_over_the_teacher_on_the_same_text(table):
+    from boomerang_lab.report.budget import versus_teacher
+
+    with_teacher = pd.DataFrame(
+        [
+            *table.to_dict("records"),
+            *rows(0, "teacher", 30, "wikitext_test", [25.0] * 3),
+            *rows(0, "teacher", 30, "corpus_held_out", [10.0] * 3),
+        ]
+    )
+    v = versus_teacher(with_teacher).set_index(["budget", "method"])
+    assert v.loc[(1, "member"), "outside"] == pytest.approx(60 / 25 - 1)
+    assert v.loc[(1, "member"), "inside"] == pytest.approx(30 / 10 - 1)
+    assert "teacher" not in set(v.index.get_level_values("method"))

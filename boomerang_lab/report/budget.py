@@ -103,6 +103,18 @@ def forgetting(table: pd.DataFrame, method: str = "direct") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def versus_teacher(table: pd.DataFrame) -> pd.DataFrame:
+    """Each model's pooled perplexity over the teacher's on the same text, minus 1, inside and outside the corpus:
+    how much of the teacher's quality a model lost where it was trained and where it was not."""
+    p = pooled(table)
+    p = p[p.text != "lambada"]
+    teacher = p[p.method == "teacher"].set_index("text").value
+    rows = p[p.method != "teacher"].copy()
+    rows["over_teacher"] = rows.value / rows.text.map(teacher) - 1
+    wide = rows.pivot_table(index=["budget", "method", "layers"], columns="text", values="over_teacher")
+    return wide.rename(columns={"wikitext_test": "outside", "corpus_held_out": "inside"}).reset_index()
+
+
 def figure(table: pd.DataFrame, title: str | None = None):
     """Top row: the member-minus-direct gap against training tokens, one line per size, one panel per text (the
     per-stretch range as a band; LAMBADA: accuracy difference, +-2 combined stderrs as a band). Bottom row: each
@@ -224,6 +236,15 @@ def budget_reading(table: pd.DataFrame) -> list[str]:
                 moved = "narrowed" if abs(last) < abs(first) else "widened"
                 trend = f": the gap {moved} from {num(first * 100, 2)} % to {num(last * 100, 2)} %"
             bullets.append(f"**{TEXT_TITLES[text]}, {layers} layers**: the member is {steps}{trend}.")
+    v = versus_teacher(table)
+    for r in v[v.layers.isin(set(g.layers))].itertuples():
+        if not (math.isfinite(r.inside) and math.isfinite(r.outside)):
+            continue
+        where = "outside" if r.outside > r.inside else "inside"
+        bullets.append(
+            f"**Against the teacher, {r.method} at {r.layers} layers, {r.budget}x**: {num(r.inside * 100, 2)} % above "
+            f"its perplexity inside the corpus, {num(r.outside * 100, 2)} % outside: it lost more {where}."
+        )
     f = forgetting(table)
     for r in f.itertuples():
         pattern = (
