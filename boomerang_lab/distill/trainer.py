@@ -3,6 +3,8 @@ work."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 import hashlib
 import json
@@ -100,7 +102,11 @@ class DistillConfig:
     optim: str = field(default="adamw_torch_fused", metadata={"help": "optimizer (a transformers name)"})
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast for the student (fp32 master weights)"})
     teacher_dtype: str | None = field(
-        default=None, metadata={"help": "the teacher's dtype; null: bfloat16 on GPU, the teacher's own dtype elsewhere"}
+        default=None,
+        metadata={
+            "help": "the teacher's dtype in training (float32, bfloat16, float16); null: bfloat16 on GPU, the "
+            "teacher's own dtype elsewhere. The caller's teacher is never cast: a cast copy is used when it differs"
+        },
     )
     loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "the loss terms' weights"})
     freeze_embeddings: bool = field(
@@ -149,8 +155,46 @@ class DistillConfig:
             )
         if self.local_loss not in LOCAL_LOSSES:
             raise ValueError(f"local_loss must be one of {', '.join(LOCAL_LOSSES)}, got {self.local_loss!r}.")
+        resolve_dtype(self.teacher_dtype)  # a bad name fails here, naming the valid ones
         if self.local_lr <= 0:
             raise ValueError(f"local_lr must be positive, got {self.local_lr}.")
+
+
+def teacher_on(
+    teacher: PreTrainedModel, device: torch.device | str, dtype: torch.dtype | None, placed: dict | None = None
+) -> PreTrainedModel:
+    """The teacher on `device` in `dtype` (None: its own), frozen, without changing the caller's model: the model
+    itself when every tensor (parameters and buffers) is already there, else a copy moved and cast (once per
+    `placed`, a cache shared by the stages of one run). The caller's training flags and requires_grad are set back
+    by `frozen_teacher` when the run ends."""
+    device = torch.empty(0, device=device).device  # "cuda" -> "cuda:0", as tensors report it
+    key = (str(device), dtype)
+    if placed is not None and key in placed:
+        return placed[key]
+    tensors = [*teacher.parameters(), *teacher.buffers()]
+    there = all(t.device == device for t in tensors) and (
+        dtype is None or all(t.dtype == dtype for t in tensors if t.is_floating_point())
+    )
+    model = teacher if there else copy.deepcopy(teacher).to(device=device, dtype=dtype)
+    model.eval().requires_grad_(False)
+    if placed is not None:
+        placed[key] = model
+    return model
+
+
+@contextlib.contextmanager
+def frozen_teacher(teacher: PreTrainedModel):
+    """Hold the caller's teacher in eval mode without gradients for a run, and give each module its training flag and
+    each parameter its requires_grad back afterwards (also when the run fails)."""
+    modes = {module: module.training for module in teacher.modules()}
+    flags = {param: param.requires_grad for param in teacher.parameters()}
+    try:
+        yield
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+        for param, flag in flags.items():
+            param.requires_grad_(flag)
 
 
 class _TeacherTrainer(Trainer):
@@ -158,11 +202,19 @@ class _TeacherTrainer(Trainer):
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-micro-batch mean
 
-    def __init__(self, *args, teacher: PreTrainedModel, plan: LayerPlan, teacher_dtype: str | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        teacher: PreTrainedModel,
+        plan: LayerPlan,
+        teacher_dtype: str | None = None,
+        placed: dict | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         device = self.args.device
         dtype = resolve_dtype(teacher_dtype) or (torch.bfloat16 if device.type == "cuda" else None)
-        self.teacher = teacher.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        self.teacher = teacher_on(teacher, device, dtype, {} if placed is None else placed)
         self.plan = plan
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_count = 0
@@ -322,7 +374,7 @@ def distill(
     the one before it, and a full disk stops the run (DiskFull) with the last good checkpoint kept.
     """
     plan.check_fits(len(layers_of(teacher)), len(layers_of(student)))
-    with folder_lock(config.output_dir):
+    with folder_lock(config.output_dir), frozen_teacher(teacher):
         return _distill(teacher, student, plan, data, config, tokenizer, callbacks, progress)
 
 
@@ -363,6 +415,7 @@ def _distill(teacher, student, plan, data, config, tokenizer, callbacks, progres
         tokenizer=tokenizer,
         callbacks=callbacks,
         progress=progress,
+        placed={},  # the teacher moved or cast once for both stages (a copy only when it must change)
     )
     flags = {name: p.requires_grad for name, p in student.named_parameters()}
     if config.local_steps:
@@ -404,6 +457,7 @@ def _stage(
     tokenizer,
     callbacks,
     progress: bool,
+    placed: dict,
     **objective,
 ) -> _TeacherTrainer:
     """Run (or resume, or reload when already finished) one stage; the trainer's `stage_log` holds its rows."""
@@ -451,6 +505,7 @@ def _stage(
         teacher=teacher,
         plan=plan,
         teacher_dtype=config.teacher_dtype,
+        placed=placed,
         **objective,
     )
     if local and trainer.accelerator.num_processes > 1:
