@@ -9,7 +9,7 @@ a multi-layer block, as `direct_student` does) and times each optimizer step (co
 forward, backward, optimizer, logging). The warm-up steps are dropped. The models are interleaved, round after round
 (the order reversed every other round), so that the load of other jobs on this shared machine hits them alike.
 
-    OMP_NUM_THREADS=1 python benchmarks/table3_steps.py [--profile quick] [--rounds 2] [--steps 3] [--warmup 2]
+    OMP_NUM_THREADS=1 python benchmarks/table3_steps.py [--profile quick] [--rounds 1] [--steps 1] [--warmup 1]
 
 Writes benchmarks/results/table3_steps_cpu.csv (one row per model, stage, round and timed step); table3.py turns it
 into seconds = local_steps x seconds per local step + max_steps x seconds per global step (medians).
@@ -56,17 +56,22 @@ class Timed(Exception):
     """Raised after the last timed step: the run stops there, before any checkpoint or final save."""
 
 
+def spread(n: int) -> list[int]:
+    """0..n-1 from both ends inwards (0, n-1, 1, n-2, ...): a run cut short still spans the sizes."""
+    return [k for pair in zip(range(n), reversed(range(n))) for k in pair][:n] if n else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--order", default="last")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--first-round", type=int, default=0, help="number of the first round (to add rounds)")
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per stage per round")
+    parser.add_argument("--steps", type=int, default=1, help="timed steps per stage per round")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per stage per round")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(RESULTS / "table3_steps_cpu.csv"))
-    parser.add_argument("--sizes", nargs="*", type=int, help="only these k (default: all)")
+    parser.add_argument("--sizes", nargs="*", type=int, help="only these k, in this order (default: all, `spread`)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -84,7 +89,7 @@ def main() -> None:
     order = resolve_order(plan, args.order)
     recipe = chosen.distill
     data = packed_blocks(tokenizer, seq_len=recipe.seq_len, packing=recipe.packing)
-    ks = args.sizes if args.sizes else list(range(order.num_sizes))
+    ks = args.sizes if args.sizes else spread(order.num_sizes)
     plans = {k: plan if k == 0 else direct_plan(plan, order, k) for k in ks}
     n = args.warmup + args.steps
     before = pd.read_csv(args.out) if args.first_round and Path(args.out).exists() else pd.DataFrame()

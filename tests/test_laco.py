@@ -145,8 +145,7 @@ def test_official_similarity_is_per_sentence_over_flattened_states():
     reference = torch.tensor([[[10.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [1.0, -1.0]]])
     states = torch.tensor([[[10.0, 0.0], [1.0, 0.0]], [[1.0, 1.0], [1.0, 1.0]]])
 
-    def model(input_ids, **kwargs):
-        return SimpleNamespace(hidden_states=(None, states))
+    model = SimpleNamespace(base_model=lambda input_ids, **kwargs: SimpleNamespace(last_hidden_state=states))
 
     ids = torch.zeros(2, 2, dtype=torch.long)
     flat = [torch.nn.functional.cosine_similarity(s.flatten(), r.flatten(), dim=0) for s, r in zip(states, reference)]
@@ -176,3 +175,12 @@ def test_a_threshold_no_merge_reaches_is_reported_or_refused(variant):
 def test_unknown_variant_is_refused():
     with pytest.raises(ValueError, match="variant must be one of paper, official, got 'authors'"):
         LaCoConfig(variant="authors")
+
+
+def test_final_states_are_the_models_last_hidden_states():
+    from boomerang_lab.evaluate.laco import final_states
+
+    teacher = tiny_model("llama")
+    with torch.no_grad():
+        expected = teacher(input_ids=CALIBRATION, output_hidden_states=True).hidden_states[-1]
+    assert torch.equal(final_states(teacher, CALIBRATION), expected)

@@ -151,7 +151,8 @@ def layer_model(model: PreTrainedModel, layers: list[nn.Module]) -> PreTrainedMo
 
 @torch.no_grad()
 def final_states(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Tensor:
-    return model(input_ids=input_ids, output_hidden_states=True, use_cache=False).hidden_states[-1].float()
+    """The backbone's last hidden states (after its final norm: the model's hidden_states[-1]), without the head."""
+    return model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state.float()
 
 
 @torch.no_grad()
