@@ -282,6 +282,12 @@ def step_seconds(steps: pd.DataFrame, costs: pd.DataFrame, recipe) -> pd.DataFra
         all((k, stage) in per_step.index for stage in (["local"] if used else []) + ["global"])
         for k, used in zip(out.k, uses_local)
     ]
+    # The rate each stage runs at (FLOPs per step / seconds per step): about constant across sizes when the FLOPs
+    # formula and the timings tell one story.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        local_per_step = out.local_flops / max(recipe.local_steps, 1)
+        out["local_gflop_per_s"] = np.where(uses_local, local_per_step / out.seconds_per_local_step / 1e9, np.nan)
+        out["global_gflop_per_s"] = out.global_flops / max(recipe.max_steps, 1) / out.seconds_per_global_step / 1e9
     out["measured"] = stages_timed
     out["seconds_source"] = np.where(
         out.measured, "measured (timed steps x the recipe's steps)", "fitted (per-stage line through timed sizes)"
