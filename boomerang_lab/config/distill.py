@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 LOCAL_LOSSES = ("nmse", "cos")
+TEACHER_DTYPES = (None, "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+"""The names `models.loading.resolve_dtype` knows (None: the default)."""
 """The local stage's per-layer losses (`distill.local.local_loss`)."""
 
 
@@ -95,7 +97,11 @@ class DistillConfig:
     optim: str = field(default="adamw_torch_fused", metadata={"help": "optimizer (a transformers name)"})
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast for the student (fp32 master weights)"})
     teacher_dtype: str | None = field(
-        default=None, metadata={"help": "the teacher's dtype; null: bfloat16 on GPU, the teacher's own dtype elsewhere"}
+        default=None,
+        metadata={
+            "help": "the teacher's dtype in training (float32, bfloat16, float16); null: bfloat16 on GPU, the "
+            "teacher's own dtype elsewhere. The caller's teacher is never cast: a cast copy is used when it differs"
+        },
     )
     loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "the loss terms' weights"})
     freeze_embeddings: bool = field(
@@ -144,5 +150,10 @@ class DistillConfig:
             )
         if self.local_loss not in LOCAL_LOSSES:
             raise ValueError(f"local_loss must be one of {', '.join(LOCAL_LOSSES)}, got {self.local_loss!r}.")
+        if self.teacher_dtype not in TEACHER_DTYPES:
+            raise ValueError(
+                f"Unknown dtype {self.teacher_dtype!r} for teacher_dtype; use one of {', '.join(TEACHER_DTYPES[1:])} "
+                f"or null."
+            )
         if self.local_lr <= 0:
             raise ValueError(f"local_lr must be positive, got {self.local_lr}.")

@@ -3,6 +3,8 @@ work."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 import hashlib
 import json
@@ -60,16 +62,61 @@ LOG_COLUMNS = {
 """Trainer log key -> column of the per-step CSV."""
 
 
+def teacher_on(
+    teacher: PreTrainedModel, device: torch.device | str, dtype: torch.dtype | None, placed: dict | None = None
+) -> PreTrainedModel:
+    """The teacher on `device` in `dtype` (None: its own), frozen, without changing the caller's model: the model
+    itself when every tensor (parameters and buffers) is already there, else a copy moved and cast (once per
+    `placed`, a cache shared by the stages of one run). The caller's training flags and requires_grad are set back
+    by `frozen_teacher` when the run ends."""
+    device = torch.empty(0, device=device).device  # "cuda" -> "cuda:0", as tensors report it
+    key = (str(device), dtype)
+    if placed is not None and key in placed:
+        return placed[key]
+    tensors = [*teacher.parameters(), *teacher.buffers()]
+    there = all(t.device == device for t in tensors) and (
+        dtype is None or all(t.dtype == dtype for t in tensors if t.is_floating_point())
+    )
+    model = teacher if there else copy.deepcopy(teacher).to(device=device, dtype=dtype)
+    model.eval().requires_grad_(False)
+    if placed is not None:
+        placed[key] = model
+    return model
+
+
+@contextlib.contextmanager
+def frozen_teacher(teacher: PreTrainedModel):
+    """Hold the caller's teacher in eval mode without gradients for a run, and give each module its training flag and
+    each parameter its requires_grad back afterwards (also when the run fails)."""
+    modes = {module: module.training for module in teacher.modules()}
+    flags = {param: param.requires_grad for param in teacher.parameters()}
+    try:
+        yield
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+        for param, flag in flags.items():
+            param.requires_grad_(flag)
+
+
 class _TeacherTrainer(Trainer):
     """A Trainer holding a frozen teacher, logging the loss terms its objective reports."""
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-micro-batch mean
 
-    def __init__(self, *args, teacher: PreTrainedModel, plan: LayerPlan, teacher_dtype: str | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        teacher: PreTrainedModel,
+        plan: LayerPlan,
+        teacher_dtype: str | None = None,
+        placed: dict | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         device = self.args.device
         dtype = resolve_dtype(teacher_dtype) or (torch.bfloat16 if device.type == "cuda" else None)
-        self.teacher = teacher.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        self.teacher = teacher_on(teacher, device, dtype, {} if placed is None else placed)
         self.plan = plan
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_count = 0
@@ -229,7 +276,7 @@ def distill(
     the one before it, and a full disk stops the run (DiskFull) with the last good checkpoint kept.
     """
     plan.check_fits(len(layers_of(teacher)), len(layers_of(student)))
-    with folder_lock(config.output_dir):
+    with folder_lock(config.output_dir), frozen_teacher(teacher):
         return _distill(teacher, student, plan, data, config, tokenizer, callbacks, progress)
 
 
@@ -270,6 +317,7 @@ def _distill(teacher, student, plan, data, config, tokenizer, callbacks, progres
         tokenizer=tokenizer,
         callbacks=callbacks,
         progress=progress,
+        placed={},  # the teacher moved or cast once for both stages (a copy only when it must change)
     )
     flags = {name: p.requires_grad for name, p in student.named_parameters()}
     if config.local_steps:
@@ -318,6 +366,7 @@ def _stage(
     tokenizer,
     callbacks,
     progress: bool,
+    placed: dict,
     **objective,
 ) -> _TeacherTrainer:
     """Run (or resume, or reload when already finished) one stage; the trainer's `stage_log` holds its rows."""
@@ -365,6 +414,7 @@ def _stage(
         teacher=teacher,
         plan=plan,
         teacher_dtype=config.teacher_dtype,
+        placed=placed,
         **objective,
     )
     if local and trainer.accelerator.num_processes > 1:
