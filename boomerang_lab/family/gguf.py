@@ -229,3 +229,51 @@ def _permute(weights: np.ndarray, n_head: int, n_head_kv: int) -> np.ndarray:
         .swapaxes(1, 2)
         .reshape(weights.shape)
     )
+
+
+# --- running a GGUF in llama.cpp (llama-cpp-python, the [deploy] extra) ---------------------------------------------
+def llama_cpp_model(path: str | Path, n_ctx: int = 512, n_threads: int = 2, logits_all: bool = True):
+    """A `llama_cpp.Llama` on `path` (quiet; every position's logits kept with `logits_all`)."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        raise ModuleNotFoundError(
+            "Running a GGUF needs llama-cpp-python (the [deploy] extra): "
+            'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" '
+            "pip install -c constraints.txt llama-cpp-python"
+        ) from None
+    return Llama(
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_batch=n_ctx,
+        n_threads=n_threads,
+        logits_all=logits_all,
+        verbose=False,
+    )
+
+
+def llama_cpp_logits(llm, tokens: Sequence[int]) -> np.ndarray:
+    """llama.cpp's logits (float32, positions x vocabulary) for token ids, from a fresh context."""
+    llm.reset()
+    llm.eval(list(map(int, tokens)))
+    return np.array(llm.scores[: llm.n_tokens], dtype=np.float32)
+
+
+def llama_cpp_greedy(llm, tokens: Sequence[int], new_tokens: int) -> list[int]:
+    """Greedy continuation (argmax at every step) of token ids in llama.cpp: the new token ids."""
+    llm.reset()
+    llm.eval(list(map(int, tokens)))
+    out = []
+    for _ in range(new_tokens):
+        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        out.append(nxt)
+        llm.eval([nxt])
+    return out
+
+
+def perplexity_from_logits(logits: np.ndarray, tokens: Sequence[int]) -> float:
+    """exp(mean negative log-likelihood of tokens[1:] given their prefix) from one window's logits."""
+    logits = torch.as_tensor(np.asarray(logits, dtype=np.float32)).double()
+    target = torch.as_tensor(list(tokens))[1:]
+    nll = torch.nn.functional.cross_entropy(logits[:-1], target)
+    return float(torch.exp(nll))

@@ -220,3 +220,44 @@ def load_member(
 
 def _storage_key(tensor: torch.Tensor) -> tuple:
     return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+
+
+def export_member(
+    path: str | Path,
+    out: str | Path,
+    layers: int | None = None,
+    k: int | None = None,
+    order: str | Order | Sequence = "last",
+    format: str = "hf",
+    quant: str = "f16",
+) -> Path:
+    """Member k (or the `layers`-layer member) of the family folder `path` as a Hugging Face directory or a GGUF
+    file at `out`, reading only that member's tensors (see `Family.export` for the formats)."""
+    from .gguf import check_exportable, write_gguf
+
+    path, out = Path(path), Path(out)
+    if format not in ("hf", "gguf"):
+        raise ValueError(f"Unknown export format {format!r}; use 'hf' or 'gguf'.")
+    if format == "gguf" and (path / FAMILY_FILE).is_file():
+        check_exportable(json.loads((path / FAMILY_FILE).read_text())["model_type"], quant)
+    member = load_member(path, layers=layers, k=k, order=order)
+    tokenizer = None
+    if (path / "tokenizer_config.json").exists():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    info = member.boomerang
+    if format == "gguf":
+        from ..models.loading import embedded_gguf
+
+        reference = embedded_gguf(info["embedded_teacher"]) if info.get("embedded_teacher") else None
+        name = f"boomerang member k={info['k']} ({info['order']})"
+        write_gguf(member, out, quant, tokenizer, reference, info["layer_sources"], name=name)
+        return out
+    with atomic_dir(out) as tmp:
+        member.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        record = {key: info[key] for key in ("k", "order", "patched")}
+        (tmp / "boomerang_member.json").write_text(json.dumps({**record, "family": str(path)}, indent=2) + "\n")
+    return out
