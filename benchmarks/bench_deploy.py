@@ -40,7 +40,8 @@ if mode == "member":
     from boomerang_lab.family.storage import load_member
     model = load_member(folder, k=k)
 else:
-    from boomerang_lab import Family, load_model, load_student
+    from boomerang_lab import Family, load_model
+    from boomerang_lab.models.loading import load_student
     teacher, _ = load_model(sys.argv[4])
     student, _, plan = load_student(sys.argv[5])
     model = Family(teacher, student, plan).build(k)
@@ -59,7 +60,8 @@ def main() -> None:
     parser.add_argument("--quants", nargs="*", default=["f32", "f16", "q8_0", "q4_1"])
     args = parser.parse_args()
 
-    from boomerang_lab import Family, LayerPlan, init_student, load_model, load_student
+    from boomerang_lab import Family, LayerPlan, init_student, load_model
+    from boomerang_lab.models.loading import load_student
     from boomerang_lab.family.gguf import llama_cpp_logits, llama_cpp_model, perplexity_from_logits
     from boomerang_lab.models.loading import embedded_path
 
@@ -104,6 +106,7 @@ def main() -> None:
             add("load", label, mode, "seconds", round(result["seconds"], 2), "s")
             add("load", label, mode, "rss_delta", round(result["rss_delta"] / 2**20, 1), "MiB")
 
+    pd.DataFrame(rows).to_csv(OUT, index=False)
     text = (ROOT / "data" / "wikitext-2" / "wiki.test.raw").read_text()[:40000]
     tokens = tokenizer(text)["input_ids"][: args.tokens]
     prompt = tokenizer("The history of the city", return_tensors="pt").input_ids
