@@ -15,6 +15,7 @@ from transformers import PreTrainedModel
 
 from ..models.adapters import get_adapter, layers_of, set_num_layers
 from ..models.bridges import as_teacher_class
+from ..models.loading import embedded_gguf, embedded_name
 from ..models.plan import LayerPlan
 from ..store.atomic import atomic_dir
 from .orders import Order
@@ -232,10 +233,42 @@ class Family:
         fast_enough = fits[fits.k.isin(ranked[: low + 1])]
         return self.build(int(fast_enough.loc[fast_enough.params.idxmax(), "k"]), order)
 
-    def export(self, k: int, path: str | Path, order: OrderLike = "last", tokenizer=None) -> Path:
-        """A standalone Hugging Face model directory for member k (written atomically)."""
+    def save(self, path: str | Path, tokenizer=None, orders: Sequence[str | Order] = ()) -> Path:
+        """Write the family folder (each tensor once, the plan, `orders`, a manifest); `storage.load_member` reads
+        one member back. See `storage.save_family`."""
+        from .storage import save_family
+
+        return save_family(self, path, tokenizer, orders)
+
+    def export(
+        self,
+        k: int,
+        path: str | Path,
+        order: OrderLike = "last",
+        tokenizer=None,
+        format: str = "hf",
+        quant: str = "f16",
+        reference: str | Path | None = "auto",
+    ) -> Path:
+        """Member k as a standalone Hugging Face model directory (`format="hf"`) or a GGUF file llama.cpp runs
+        (`format="gguf"`, `quant` one of `gguf.QUANTS`), written atomically.
+
+        For GGUF, `reference` is a GGUF whose equal tensors are copied byte for byte and whose tokenizer metadata is
+        used; "auto" takes the embedded teacher's own file when the teacher is the embedded SmolLM2 (so its teacher
+        layers keep their shipped Q4_1 bytes under `quant="q4_1"`), else none (then `tokenizer`'s vocabulary)."""
+        if format not in ("hf", "gguf"):
+            raise ValueError(f"Unknown export format {format!r}; use 'hf' or 'gguf'.")
         member = self.build(k, order)
         path = Path(path)
+        if format == "gguf":
+            from .gguf import write_gguf
+
+            if reference == "auto":
+                name = embedded_name(self.teacher)
+                reference = embedded_gguf(name) if name else None
+            sources = [i if src == "teacher" else self.plan.kept[i] for src, i in member_layout(self.plan, member)]
+            write_gguf(member, path, quant, tokenizer, reference, sources, name=f"boomerang member k={k}")
+            return path
         with atomic_dir(path) as tmp:
             member.save_pretrained(tmp)
             if tokenizer is not None:
@@ -243,6 +276,17 @@ class Family:
             info = {**member.boomerang, "plan": self.plan.to_dict()}
             (tmp / "boomerang_member.json").write_text(json.dumps(info, indent=2) + "\n")
         return path
+
+
+def member_layout(plan: LayerPlan, member_or_patched) -> list[tuple[str, int]]:
+    """Where each layer of a member comes from, in order: ("teacher", i) for teacher layer i of a patched block,
+    ("student", j) for student layer j. Takes a member (its `boomerang["patched"]`) or the patched student layers."""
+    patched = getattr(member_or_patched, "boomerang", {"patched": member_or_patched})["patched"]
+    patched = set(patched)
+    layout = []
+    for j in range(plan.num_student_layers):
+        layout += [("teacher", i) for i in plan.block(j)] if j in patched else [("student", j)]
+    return layout
 
 
 def share_equal_tensors(teacher: PreTrainedModel, student: PreTrainedModel, plan: LayerPlan) -> list[str]:
