@@ -61,9 +61,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from boomerang_lab import Family, LayerPlan, init_student, load_model
-    from boomerang_lab.models.loading import load_student
     from boomerang_lab.family.gguf import llama_cpp_logits, llama_cpp_model, perplexity_from_logits
-    from boomerang_lab.models.loading import embedded_path
+    from boomerang_lab.models.loading import embedded_path, load_student
 
     torch.set_num_threads(2)
     teacher, tokenizer = load_model("smollm2-135m")

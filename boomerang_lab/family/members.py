@@ -18,7 +18,7 @@ from ..models.bridges import as_teacher_class
 from ..models.loading import embedded_gguf, embedded_name
 from ..models.plan import LayerPlan
 from ..store.atomic import atomic_dir
-from .orders import Order
+from .orders import Order, member_layout
 from .search import klpatch_order, local_order, optimal_order
 from .speed import NEW_TOKENS, SpeedCache, ms_per_token
 
@@ -276,17 +276,6 @@ class Family:
             info = {**member.boomerang, "plan": self.plan.to_dict()}
             (tmp / "boomerang_member.json").write_text(json.dumps(info, indent=2) + "\n")
         return path
-
-
-def member_layout(plan: LayerPlan, member_or_patched) -> list[tuple[str, int]]:
-    """Where each layer of a member comes from, in order: ("teacher", i) for teacher layer i of a patched block,
-    ("student", j) for student layer j. Takes a member (its `boomerang["patched"]`) or the patched student layers."""
-    patched = getattr(member_or_patched, "boomerang", {"patched": member_or_patched})["patched"]
-    patched = set(patched)
-    layout = []
-    for j in range(plan.num_student_layers):
-        layout += [("teacher", i) for i in plan.block(j)] if j in patched else [("student", j)]
-    return layout
 
 
 def share_equal_tensors(teacher: PreTrainedModel, student: PreTrainedModel, plan: LayerPlan) -> list[str]:

@@ -25,15 +25,14 @@ from ..models.plan import LayerPlan
 from ..store.atomic import atomic_dir
 from ..store.locks import folder_lock
 from ..store.manifest import check, write_manifest
-from .members import Family, member_layout
-from .orders import Order
+from .orders import Order, member_layout
 
 FAMILY_FILE = "family.json"
 FORMAT = 1
 BUILT_IN = ("last", "first")
 
 
-def save_family(family: Family, path: str | Path, tokenizer=None, orders: Sequence[str | Order] = ()) -> Path:
+def save_family(family, path: str | Path, tokenizer=None, orders: Sequence[str | Order] = ()) -> Path:
     """Write `family` to the folder `path` (atomically, under its lock) and return it.
 
     `orders`: orders to keep besides the built-in ones ("last", "first"): names (searched orders are taken from the

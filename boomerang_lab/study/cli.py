@@ -351,7 +351,7 @@ def cmd_save(args: argparse.Namespace) -> None:
 
     teacher, tokenizer = load_model(args.teacher, dtype=args.dtype)
     if args.student == "init":
-        plan = _plan(args, teacher)
+        plan = get_profile(Profile(), **_field_values(args)).layer_plan(len(_layers(teacher)))
         student = init_student(teacher, plan)
     else:
         student, _, plan = load_student(args.student, dtype=args.dtype)
@@ -393,7 +393,7 @@ def add_deploy_commands(sub) -> None:
     save.add_argument("--out", required=True, help="the family folder to write")
     save.add_argument("--orders", nargs="*", default=[], help="orders to keep besides last/first (e.g. klpatch)")
     save.add_argument("--dtype", default="float32")
-    _add_plan_args(save)
+    _add_field_args(save, "plan", title="the student's layers for --student init (default: the paper's)")
     _add_wait_arg(save)
     save.set_defaults(func=cmd_save)
 
