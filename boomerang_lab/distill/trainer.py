@@ -38,6 +38,7 @@ from ..models.plan import LayerPlan
 from ..store import manifest
 from ..store.atomic import atomic_dir, atomic_write_text, disk_full_stops, is_disk_full, usual_permissions
 from ..store.locks import folder_lock
+from .family_aware import FamilyAwareConfig, draw_members, member_alignment
 from .local import LOCAL_LOSSES, local_loss, only_train, restore_grad, teacher_block_states
 from .losses import IGNORE, LossConfig, distill_loss
 
@@ -51,6 +52,8 @@ LOG_COLUMNS = {
     "cos": "cos",
     "local_nmse": "local_nmse",
     "local_cos": "local_cos",
+    "member_loss": "member_loss",
+    "members": "members",
     "learning_rate": "lr",
     "grad_norm": "grad_norm",
     "num_input_tokens_seen": "tokens_seen",
@@ -133,10 +136,19 @@ class DistillConfig:
         default="nmse",
         metadata={"help": "the local stage's per-layer loss: nmse (|y - t|^2 / |t|^2 per token) or cos (1 - cosine)"},
     )
+    family_aware: FamilyAwareConfig = field(
+        default_factory=FamilyAwareConfig,
+        metadata={
+            "help": "the family-aware global stage (distill/family_aware.py): the loss also on sampled members of "
+            "the family built from the current student; off by default (the paper)"
+        },
+    )
 
     def __post_init__(self):
         if isinstance(self.loss, dict):
             self.loss = LossConfig(**self.loss)
+        if isinstance(self.family_aware, dict):
+            self.family_aware = FamilyAwareConfig(**self.family_aware)
         self.betas = tuple(self.betas)
         if self.student_init not in ("teacher", "random"):
             raise ValueError(f"student_init must be 'teacher' or 'random', got {self.student_init!r}.")
@@ -195,7 +207,14 @@ class _TeacherTrainer(Trainer):
 class DistillTrainer(_TeacherTrainer):
     """The global objective: CE + KL to the teacher's logits + cosine alignment, through the whole student."""
 
-    def __init__(self, *args, loss_config: LossConfig, **kwargs):
+    def __init__(
+        self,
+        *args,
+        loss_config: LossConfig,
+        family_aware: FamilyAwareConfig | None = None,
+        seed: int = 0,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         adapter = get_adapter(self.teacher)
         self.teacher_backbone = self.teacher.get_submodule(adapter.layers.rpartition(".")[0])
@@ -206,6 +225,20 @@ class DistillTrainer(_TeacherTrainer):
         self.alignment = self.plan.alignment()
         # Only the teacher states the loss reads: the aligned ones, or just the final one for KL alone.
         self.teacher_states = sorted({t for _, t in self.alignment}) if loss_config.cos_weight else [-1]
+        # The family-aware stage (family_aware.py): members of the family of the student being trained, zero-copy
+        # views sharing its modules and the frozen teacher's; the student's tensors stay its own (share=False).
+        self.family_aware = family_aware if family_aware is not None and family_aware.on else None
+        self.draw_seed = seed
+        self.family = None
+        self.drawn: list[tuple[int, list]] = []  # (step, draws) of the steps since the last log
+        if self.family_aware is not None:
+            from ..family.members import Family  # family/ sits above distill/: imported where used
+
+            self.family = Family(self.teacher, self.accelerator.unwrap_model(self.model), self.plan, share=False)
+
+    def draws(self, step: int) -> list:
+        """The members of optimizer step `step`: a function of (seed, step) only (family_aware.draw_members)."""
+        return draw_members(self.family_aware, self.plan, self.draw_seed, step)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ids, mask = inputs["input_ids"], inputs.get("attention_mask")
@@ -213,7 +246,7 @@ class DistillTrainer(_TeacherTrainer):
         labels = ids if mask is None else ids.masked_fill(mask == 0, IGNORE)
         teacher_hidden = None
         if self.loss_config.needs_teacher:
-            with torch.no_grad():
+            with torch.no_grad():  # once per micro-step, shared by the student and its members
                 teacher_hidden = self.teacher_backbone(
                     input_ids=ids, output_hidden_states=self.teacher_states, use_cache=False, **masked
                 ).hidden_states
@@ -228,8 +261,45 @@ class DistillTrainer(_TeacherTrainer):
             self.alignment,
             self.loss_config,
         )
+        if self.family_aware is not None and model.training:
+            from ..family.orders import Order
+
+            step = self.state.global_step
+            draws = self.draws(step)
+            if not self.drawn or self.drawn[-1][0] != step:  # once per optimizer step, not per micro-step
+                self.drawn.append((step, draws))
+            member_losses = []
+            for draw in draws:
+                member = self.family.build(1, Order(f"{draw.order}:{draw.k}", (draw.patched,)))  # cached per set
+                with self.accelerator.autocast():  # the student's forward is autocast by accelerate's wrapper
+                    member_out = member(
+                        input_ids=ids, output_hidden_states=bool(self.loss_config.cos_weight), use_cache=False, **masked
+                    )
+                member_loss, _ = distill_loss(
+                    member_out.logits,
+                    member_out.hidden_states,
+                    teacher_hidden,
+                    self.teacher_head,
+                    labels,
+                    mask,
+                    member_alignment(self.plan, draw.patched),
+                    self.loss_config,
+                )
+                member_losses.append(member_loss)
+            if member_losses:
+                members = torch.stack(member_losses)
+                terms["member_loss"] = members.detach().mean()
+                loss = (loss + members.sum()) / (1 + len(member_losses))
         self._record(terms, ids)
         return (loss, out) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Also the members drawn since the last log: `k@order:patched student layers`, ';' between members and
+        ' ' between steps (the train log's `members` column)."""
+        if self.drawn and "loss" in logs:
+            logs["members"] = " ".join(";".join(map(str, draws)) for _, draws in self.drawn)
+            self.drawn = []
+        super().log(logs, start_time)
 
 
 class LocalTrainer(_TeacherTrainer):
@@ -375,7 +445,9 @@ def _distill(teacher, student, plan, data, config, tokenizer, callbacks, progres
             adapter = get_adapter(student)
             for path in (*adapter.embeddings, adapter.head):
                 student.get_submodule(path).requires_grad_(False)
-        trainer = run_stage("global", DistillTrainer, loss_config=config.loss)
+        trainer = run_stage(
+            "global", DistillTrainer, loss_config=config.loss, family_aware=config.family_aware, seed=config.seed
+        )
         logs.append(trainer.stage_log)
 
     if trainer.is_world_process_zero():

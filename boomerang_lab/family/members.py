@@ -55,9 +55,10 @@ class Family:
     Every student parameter equal to its teacher counterpart (frozen or untrained embeddings and head, an untouched
     layer) is replaced, in the student, by the teacher's tensor (`share_equal_tensors`; `self.shared` names them), so
     that a member holds, counts and reports each weight once, also for a student that was saved and loaded.
+    `share=False` leaves the student's tensors its own (a student still training: the family-aware stage).
     """
 
-    def __init__(self, teacher: PreTrainedModel, student: PreTrainedModel, plan: LayerPlan):
+    def __init__(self, teacher: PreTrainedModel, student: PreTrainedModel, plan: LayerPlan, share: bool = True):
         self.adapter = get_adapter(teacher)
         student = as_teacher_class(teacher, student)
         if get_adapter(student) != self.adapter or type(student) is not type(teacher):
@@ -70,7 +71,7 @@ class Family:
             raise ValueError(f"Interpolation needs matching widths: teacher hidden size {width_t}, student {width_s}.")
         plan.check_fits(len(layers_of(teacher)), len(layers_of(student)))
         self.teacher, self.student, self.plan = teacher, student, plan
-        self.shared = share_equal_tensors(teacher, student, plan)
+        self.shared = share_equal_tensors(teacher, student, plan) if share else []
         self._orders: dict[str, Order] = {}
         self._members: dict[tuple, PreTrainedModel] = {}
         self.speed_cache = SpeedCache()  # ms/token per member; set SpeedCache(path) to keep it in a file
