@@ -13,8 +13,8 @@ frozen embeddings and head, trained on the corpus's training part only):
   deadline, so the family-aware runs use 40 global steps = round(64 / 1.6), 1.6 being a FLOP estimate (one member of
   23 layers on average, its teacher blocks backward for inputs only, against the plain step's fp32 teacher forward
   and 16-layer student); the measured ratio and each run's CPU seconds are reported beside the verdict, and the
-  premise (equal time within +-15 %) is judged on those CPU seconds. m = 1 and `random` were fixed before any run, not tuned (a larger m buys fewer steps at equal
-  time); no setting of this study was chosen on test text.
+  premise (equal time within +-15 %) is judged on those CPU seconds. m = 1 and `random` were fixed before any run,
+  not tuned (a larger m buys fewer steps at equal time); no setting of this study was chosen on test text.
 Seeds 0 and 1 each. Quick seed 0 and the direct students at 20/23/26 layers (quick recipe, seed 0, started from the
 teacher layers of quick seed 0's klpatch member of that size) are the budget study's (/work/runs_budget/x1, read only;
 benchmarks/study_budget.py). Every family is served in its own `klpatch` order, searched once after distillation
@@ -81,6 +81,7 @@ COLUMNS = [
     "nll",
     "scored",
     "distill_seconds",
+    "distill_cpu_seconds",
     "global_steps",
 ]
 
@@ -110,9 +111,11 @@ def student_dir(recipe: str, seed: int) -> Path:
     return RUNS / f"{recipe}_s{seed}" / "student"
 
 
-def distill_seconds(path: Path) -> float | None:
+def distill_seconds(path: Path) -> tuple[float | None, float | None]:
+    """(wall, CPU) seconds of a study distillation (CPU: None where only the wall time was recorded)."""
     f = path / "study_seconds.json"
-    return json.loads(f.read_text())["distill_seconds"] if f.is_file() else None
+    info = json.loads(f.read_text()) if f.is_file() else {}
+    return info.get("distill_seconds"), info.get("cpu_seconds")
 
 
 def cmd_distill(args) -> None:
@@ -198,14 +201,14 @@ def cmd_evaluate(args) -> None:
     families: dict = {}
     influence = None
 
-    def record(model, recipe, seed, method, k, stretch, seconds=None, steps=None):
+    def record(model, recipe, seed, method, k, stretch, seconds=(None, None), steps=None):
         nonlocal table
         layers = len(layers_of(model))
         key = (table.recipe == recipe) & (table.seed == seed) & (table.method == method) & (table.layers == layers)
         if (key & (table.stretch == stretch)).any():
             return
         nll, n = score(model, texts[stretch])
-        row = [recipe, seed, method, layers, k, stretch, math.exp(nll / n), nll, n, seconds, steps]
+        row = [recipe, seed, method, layers, k, stretch, math.exp(nll / n), nll, n, *seconds, steps]
         table = pd.concat([table, pd.DataFrame([row], columns=COLUMNS)], ignore_index=True)
         write(table)
         log(f"stretch {stretch}: {recipe} s{seed} {method} {layers}L (k={k}): ppl {row[6]:.1f}")
@@ -264,7 +267,13 @@ def cmd_evaluate(args) -> None:
 # --- report --------------------------------------------------------------------------------------------------------
 def pooled(table: pd.DataFrame) -> pd.DataFrame:
     g = table.groupby(["recipe", "seed", "method", "layers"], dropna=False)
-    out = g.agg(nll=("nll", "sum"), scored=("scored", "sum"), k=("k", "first"), seconds=("distill_seconds", "first"))
+    out = g.agg(
+        nll=("nll", "sum"),
+        scored=("scored", "sum"),
+        k=("k", "first"),
+        seconds=("distill_seconds", "first"),
+        cpu=("distill_cpu_seconds", "first"),
+    )
     out["ppl"] = (out.nll / out.scored).map(math.exp)
     out["stretches"] = g.size()
     return out.reset_index()
@@ -324,8 +333,11 @@ def cmd_report(args) -> None:
         )
         loses = worse >= 10 or all(v > 0.05 for v in student.values())
         lines.append("verdict: " + ("WIN" if wins else "LOSS" if loses else "DRAW") + f" (on {len(seeds)} seed(s))")
-    secs = p[p.method == "member"].groupby(["recipe", "seed"]).seconds.first()
-    lines.append("distill seconds: " + ", ".join(f"{r} s{s} {v:.0f}" for (r, s), v in secs.items() if v == v))
+    secs = p[p.method == "member"].groupby(["recipe", "seed"])[["seconds", "cpu"]].first()
+    lines.append(
+        "distill seconds (wall / CPU): "
+        + ", ".join(f"{r} s{s} {w:.0f} / {c:.0f}" for (r, s), (w, c) in secs.iterrows())
+    )
     text = "\n".join(lines)
     print(text)
     (RESULTS / "family_aware_cpu.txt").write_text(text + "\n")
