@@ -51,9 +51,9 @@ _BLOCKS: dict = {}
 
 
 def text_blocks(n: int) -> Dataset:
-    """The first n training blocks of the quick recipe's corpus (128 tokens each). Real text: on random tokens the
-    logits are far off and the loss's exponentials run into slow subnormal arithmetic (a first try took ~10x the
-    CPU seconds per step of the budget study's real-text steps)."""
+    """The first n training blocks of the quick recipe's corpus (128 tokens each): the loss on real text, as in a run.
+    (A first try on random tokens took ~30 min of wall time per step at ~10 % of a core; the real-text run here was no
+    faster on its first step, so the slowness was the CPU share and the first step's set-up, not the tokens.)"""
     if n not in _BLOCKS:
         from boomerang_lab.text_data import packed_blocks
 
