@@ -14,7 +14,7 @@ import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
 import torch
@@ -34,13 +34,15 @@ from transformers import (
 from transformers.trainer_utils import load_sharded_checkpoint
 from transformers.utils.notebook import NotebookProgressCallback
 
-from ..config.distill import DistillConfig, LossConfig
+from ..config.distill import DistillConfig, FamilyAwareConfig, LossConfig
 from ..models.adapters import get_adapter, layers_of
 from ..models.loading import autocast_for, resolve_dtype
+from ..models.orders import Order
 from ..models.plan import LayerPlan
 from ..store import manifest
 from ..store.atomic import atomic_dir, atomic_write_text, disk_full_stops, is_disk_full, usual_permissions
 from ..store.locks import folder_lock
+from .family_aware import draw_members, member_alignment
 from .local import local_loss, only_train, restore_grad, teacher_block_states
 from .losses import IGNORE, distill_loss
 
@@ -54,6 +56,8 @@ LOG_COLUMNS = {
     "cos": "cos",
     "local_nmse": "local_nmse",
     "local_cos": "local_cos",
+    "member_loss": "member_loss",
+    "members": "members",
     "learning_rate": "lr",
     "grad_norm": "grad_norm",
     "num_input_tokens_seen": "tokens_seen",
@@ -149,7 +153,15 @@ class _TeacherTrainer(Trainer):
 class DistillTrainer(_TeacherTrainer):
     """The global objective: CE + KL to the teacher's logits + cosine alignment, through the whole student."""
 
-    def __init__(self, *args, loss_config: LossConfig, **kwargs):
+    def __init__(
+        self,
+        *args,
+        loss_config: LossConfig,
+        family_aware: FamilyAwareConfig | None = None,
+        seed: int = 0,
+        members: Callable | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         adapter = get_adapter(self.teacher)
         self.teacher_backbone = self.teacher.get_submodule(adapter.layers.rpartition(".")[0])
@@ -160,6 +172,25 @@ class DistillTrainer(_TeacherTrainer):
         self.alignment = self.plan.alignment()
         # Only the teacher states the loss reads: the aligned ones, or just the final one for KL alone.
         self.teacher_states = sorted({t for _, t in self.alignment}) if loss_config.cos_weight else [-1]
+        # The family-aware stage (family_aware.py): members of the family of the student being trained, zero-copy
+        # views sharing its modules and the frozen teacher's; the student's tensors stay its own (share=False).
+        self.family_aware = family_aware if family_aware is not None and family_aware.on else None
+        self.draw_seed = seed
+        self.family = None
+        self.drawn: list[tuple[int, list]] = []  # (step, draws) of the steps since the last log
+        if self.family_aware is not None:
+            if members is None:
+                raise ValueError(
+                    "family_aware.members_per_step > 0 needs the family's member builder: call distill(..., "
+                    "members=boomerang_lab.family.members.member_builder) (study.stages passes it)."
+                )
+            # (teacher, student, plan) -> build(k, order): zero-copy members sharing the modules of the student being
+            # trained and of the frozen teacher (the student's tensors stay its own)
+            self.family = members(self.teacher, self.accelerator.unwrap_model(self.model), self.plan)
+
+    def draws(self, step: int) -> list:
+        """The members of optimizer step `step`: a function of (seed, step) only (family_aware.draw_members)."""
+        return draw_members(self.family_aware, self.plan, self.draw_seed, step)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ids, mask = inputs["input_ids"], inputs.get("attention_mask")
@@ -167,7 +198,7 @@ class DistillTrainer(_TeacherTrainer):
         labels = ids if mask is None else ids.masked_fill(mask == 0, IGNORE)
         teacher_hidden = None
         if self.loss_config.needs_teacher:
-            with torch.no_grad():
+            with torch.no_grad():  # once per micro-step, shared by the student and its members
                 teacher_hidden = self.teacher_backbone(
                     input_ids=ids, output_hidden_states=self.teacher_states, use_cache=False, **masked
                 ).hidden_states
@@ -182,8 +213,43 @@ class DistillTrainer(_TeacherTrainer):
             self.alignment,
             self.loss_config,
         )
+        if self.family_aware is not None and model.training:
+            step = self.state.global_step
+            draws = self.draws(step)
+            if not self.drawn or self.drawn[-1][0] != step:  # once per optimizer step, not per micro-step
+                self.drawn.append((step, draws))
+            member_losses = []
+            for draw in draws:
+                member = self.family.build(1, Order(f"{draw.order}:{draw.k}", (draw.patched,)))  # cached per set
+                with self.accelerator.autocast():  # the student's forward is autocast by accelerate's wrapper
+                    member_out = member(
+                        input_ids=ids, output_hidden_states=bool(self.loss_config.cos_weight), use_cache=False, **masked
+                    )
+                member_loss, _ = distill_loss(
+                    member_out.logits,
+                    member_out.hidden_states,
+                    teacher_hidden,
+                    self.teacher_head,
+                    labels,
+                    mask,
+                    member_alignment(self.plan, draw.patched),
+                    self.loss_config,
+                )
+                member_losses.append(member_loss)
+            if member_losses:
+                members = torch.stack(member_losses)
+                terms["member_loss"] = members.detach().mean()
+                loss = (loss + members.sum()) / (1 + len(member_losses))
         self._record(terms, ids)
         return (loss, out) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Also the members drawn since the last log: `k@order:patched student layers`, ';' between members and
+        ' ' between steps (the train log's `members` column)."""
+        if self.drawn and "loss" in logs:
+            logs["members"] = " ".join(";".join(map(str, draws)) for _, draws in self.drawn)
+            self.drawn = []
+        super().log(logs, start_time)
 
 
 class LocalTrainer(_TeacherTrainer):
@@ -260,6 +326,7 @@ def distill(
     tokenizer: PreTrainedTokenizerBase | None = None,
     callbacks: Sequence[TrainerCallback] = (),
     progress: bool = True,
+    members: Callable | None = None,
 ) -> Path:
     """Train `student` towards the frozen `teacher` on token blocks (`data` rows: "input_ids"); return its directory.
 
@@ -270,6 +337,8 @@ def distill(
     tokenizer, plan files, train_log.csv, distill_config.json) appears only when done; a finished directory of the
     same run is returned as it is, one of another run is an error (see `finished`). `progress` prints a few plain
     lines per stage on stdout (besides the Trainer's bar), which papermill's stream carries to a terminal.
+    `members`: the family-aware stage's member builder (`family.members.member_builder`), needed only when
+    `config.family_aware` is on (the family sits above distillation, so its caller passes it in).
 
     The run holds the lock on `output_dir` (`locks.folder_lock`): a second run on it stops with a line naming this
     one. The student and each checkpoint get a manifest (sizes, sha256); a damaged latest checkpoint falls back to
@@ -277,10 +346,10 @@ def distill(
     """
     plan.check_fits(len(layers_of(teacher)), len(layers_of(student)))
     with folder_lock(config.output_dir), frozen_teacher(teacher):
-        return _distill(teacher, student, plan, data, config, tokenizer, callbacks, progress)
+        return _distill(teacher, student, plan, data, config, tokenizer, callbacks, progress, members)
 
 
-def _distill(teacher, student, plan, data, config, tokenizer, callbacks, progress) -> Path:
+def _distill(teacher, student, plan, data, config, tokenizer, callbacks, progress, members=None) -> Path:
     if finished(config, plan):
         return Path(config.output_dir)
     if "input_ids" not in (data.column_names or ["input_ids"]):
@@ -330,7 +399,14 @@ def _distill(teacher, student, plan, data, config, tokenizer, callbacks, progres
             adapter = get_adapter(student)
             for path in (*adapter.embeddings, adapter.head):
                 student.get_submodule(path).requires_grad_(False)
-        trainer = run_stage("global", DistillTrainer, loss_config=config.loss)
+        trainer = run_stage(
+            "global",
+            DistillTrainer,
+            loss_config=config.loss,
+            family_aware=config.family_aware,
+            seed=config.seed,
+            members=members,
+        )
         logs.append(trainer.stage_log)
 
     if trainer.is_world_process_zero():

@@ -16,9 +16,9 @@ from transformers import PreTrainedModel
 from ..models.adapters import get_adapter, layers_of, set_num_layers
 from ..models.bridges import as_teacher_class
 from ..models.loading import embedded_gguf, embedded_name
+from ..models.orders import Order, member_layout
 from ..models.plan import LayerPlan
 from ..store.atomic import atomic_dir
-from .orders import Order, member_layout
 from .search import klpatch_order, local_order, optimal_order
 from .speed import NEW_TOKENS, SpeedCache, ms_per_token
 
@@ -60,9 +60,10 @@ class Family:
     Every student parameter equal to its teacher counterpart (frozen or untrained embeddings and head, an untouched
     layer) is replaced, in the student, by the teacher's tensor (`share_equal_tensors`; `self.shared` names them), so
     that a member holds, counts and reports each weight once, also for a student that was saved and loaded.
+    `share=False` leaves the student's tensors its own (a student still training: the family-aware stage).
     """
 
-    def __init__(self, teacher: PreTrainedModel, student: PreTrainedModel, plan: LayerPlan):
+    def __init__(self, teacher: PreTrainedModel, student: PreTrainedModel, plan: LayerPlan, share: bool = True):
         self.adapter = get_adapter(teacher)
         student = as_teacher_class(teacher, student)
         if get_adapter(student) != self.adapter or type(student) is not type(teacher):
@@ -75,7 +76,7 @@ class Family:
             raise ValueError(f"Interpolation needs matching widths: teacher hidden size {width_t}, student {width_s}.")
         plan.check_fits(len(layers_of(teacher)), len(layers_of(student)))
         self.teacher, self.student, self.plan = teacher, student, plan
-        self.shared = share_equal_tensors(teacher, student, plan)
+        self.shared = share_equal_tensors(teacher, student, plan) if share else []
         self._orders: dict[str, Order] = {}
         self._members: dict[tuple, PreTrainedModel] = {}
         self.speed_cache = SpeedCache()  # ms/token per member; set SpeedCache(path) to keep it in a file
@@ -401,3 +402,10 @@ def _install_output_hooks(backbone: nn.Module) -> None:
     except ImportError:  # transformers without hook-based output capture
         return
     maybe_install_capturing_hooks(backbone)
+
+
+def member_builder(teacher: PreTrainedModel, student: PreTrainedModel, plan: LayerPlan) -> Family:
+    """The family-aware stage's member builder (`distill(..., members=member_builder)`): the Family of the student
+    being trained, zero-copy, its tensors kept its own (`share=False`: sharing equal tensors with the frozen teacher
+    would freeze them)."""
+    return Family(teacher, student, plan, share=False)

@@ -21,11 +21,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, Pre
 
 from ..models.adapters import ADAPTERS, set_num_layers
 from ..models.loading import embedded_name, resolve_dtype
+from ..models.orders import Order, member_layout
 from ..models.plan import LayerPlan
 from ..store.atomic import atomic_dir
 from ..store.locks import folder_lock
 from ..store.manifest import check, write_manifest
-from .orders import Order, member_layout
 
 FAMILY_FILE = "family.json"
 FORMAT = 1

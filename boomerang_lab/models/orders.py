@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..models.plan import LayerPlan
 from ..store.atomic import atomic_write_text
+from .plan import LayerPlan
 
 
 @dataclass(frozen=True)
