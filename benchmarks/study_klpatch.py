@@ -48,10 +48,10 @@ from study_quick import ppl, valid_text  # noqa: E402  (the seed and recipe stud
 from boomerang_lab import Family, load_model  # noqa: E402
 from boomerang_lab.config.search import SearchConfig  # noqa: E402
 from boomerang_lab.evaluate import PerplexityConfig  # noqa: E402
-from boomerang_lab.family.orders import Order  # noqa: E402
 from boomerang_lab.family.search import klpatch  # noqa: E402
 from boomerang_lab.models.adapters import layers_of  # noqa: E402
 from boomerang_lab.models.loading import load_student  # noqa: E402
+from boomerang_lab.models.orders import Order  # noqa: E402
 from boomerang_lab.report.curves import curve_quality  # noqa: E402
 from boomerang_lab.store.atomic import atomic_write_text  # noqa: E402
 

@@ -52,10 +52,10 @@ from boomerang_lab.distill.local import block_errors
 from boomerang_lab.distill.trainer import distill
 from boomerang_lab.evaluate import PerplexityConfig, perplexity, wikitext_text
 from boomerang_lab.evaluate.baselines import block_influence, naive_pruning, shortgpt
-from boomerang_lab.family.orders import Order
 from boomerang_lab.family.search import search
 from boomerang_lab.models.adapters import layers_of
 from boomerang_lab.models.loading import load_student
+from boomerang_lab.models.orders import Order
 from boomerang_lab.report.curves import curve_quality
 from boomerang_lab.store.atomic import atomic_write_text
 

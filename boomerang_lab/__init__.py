@@ -8,7 +8,7 @@ _API = {
     "ADAPTERS": "models.adapters",
     "Family": "family.members",
     "LayerPlan": "models.plan",
-    "Order": "family.orders",
+    "Order": "models.orders",
     "curve_quality": "report.curves",
     "explore": "report.explore",
     "get_adapter": "models.adapters",

@@ -105,3 +105,33 @@ def test_table3_measured_adds_seconds_from_a_study_table():
     assert sizes.seconds.tolist()[0] == pytest.approx(50.0 * 5 / 6)
     assert row.seconds_ratio.item() == pytest.approx(sizes.seconds[1:].sum() / sizes.seconds[0])
     assert row.ratio.item() == pytest.approx(sizes.flops[1:].sum() / sizes.flops[0])
+
+
+def test_step_seconds_are_timed_steps_times_the_recipes_steps_and_the_rest_fitted_per_stage():
+    from boomerang_lab.config.profiles import get
+    from boomerang_lab.report.costs import family_costs, step_seconds
+
+    profile = get("smoke", distill={"local_steps": 10, "max_steps": 20})
+    costs = family_costs(tiny_config("llama"), profile, "last")
+    first, last = costs.iloc[0], costs.iloc[-1]
+    assert first.local_layers > last.local_layers > 0 and first.layers < last.layers
+    steps = pd.DataFrame(
+        {
+            "k": [first.k] * 3 + [last.k] * 2,
+            "stage": ["local", "local", "global", "local", "global"],
+            "cpu_seconds": [2.0, 2.2, 3.0, 1.0, 4.0],
+        }
+    )
+    out = step_seconds(steps, costs, profile.distill)
+    assert out.measured.tolist() == [True] + [False] * (len(costs) - 2) + [True]
+    assert out.seconds.iloc[0] == pytest.approx(10 * 2.1 + 20 * 3.0)  # the median of the timed local steps
+    assert out.seconds.iloc[-1] == pytest.approx(10 * 1.0 + 20 * 4.0)
+    middle = out.iloc[1]
+    share = (middle.layers - first.layers) / (last.layers - first.layers)
+    assert middle.seconds_per_global_step == pytest.approx(3.0 + share * 1.0)
+    local_share = (middle.local_layers - first.local_layers) / (last.local_layers - first.local_layers)
+    assert middle.seconds_per_local_step == pytest.approx(2.1 + local_share * (1.0 - 2.1))
+    assert middle.seconds_source.startswith("fitted") and out.seconds_source.iloc[0].startswith("measured")
+    row, sizes = table3_measured("tiny", tiny_config("llama"), profile, steps=steps)
+    assert row.seconds_ratio.item() == pytest.approx(sizes.seconds[1:].sum() / sizes.seconds[0])
+    assert row.measured_layers.item() == f"{int(first.layers)}, {int(last.layers)}"

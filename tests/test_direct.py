@@ -18,7 +18,7 @@ from boomerang_lab.evaluate.direct import (
     size_for_layers,
 )
 from boomerang_lab.family.members import Family
-from boomerang_lab.family.orders import Order
+from boomerang_lab.models.orders import Order
 from boomerang_lab.models.plan import LayerPlan
 from boomerang_lab.models.student import init_student
 from boomerang_lab.study.cli import main

@@ -102,3 +102,85 @@ def test_sweep_method_laco_evaluates_laco_at_each_sizes_layer_count(tmp_path):
     config = LaCoConfig()
     expected = laco_pruning(teacher, 5, calibration_set(tok, config.sentences, config.tokens), config)
     assert token.value[0] == pytest.approx(perplexity(expected, tok, config=ppl)["token_perplexity"])
+
+
+def test_official_merge_keeps_the_last_layer_of_each_window():
+    """The official code's in-place update ends at the window's last layer (up to rounding), norms from layer l."""
+    teacher = tiny_model("llama")
+    a, b, c = (teacher.model.layers[i] for i in (4, 5, 6))
+    merged = rdsc_merge([a, b, c], variant="official")
+    for name in merged_names(a):
+        got, last = merged.get_parameter(name), c.get_parameter(name)
+        torch.testing.assert_close(got, last, rtol=0, atol=1e-6)
+        assert not torch.allclose(got, a.get_parameter(name))
+    assert torch.equal(merged.input_layernorm.weight, a.input_layernorm.weight)
+    assert torch.equal(merged.post_attention_layernorm.weight, a.post_attention_layernorm.weight)
+
+
+def test_official_variant_stops_below_the_last_layer_and_keeps_each_windows_last_layer():
+    teacher = tiny_model("llama")
+    config = LaCoConfig(merge=4, lowest=1, threshold=-1.0, sentences=3, tokens=12, variant="official")
+    assert config.bounds(8) == (1, 7)  # HIGHEST_LAY: the last layer's index
+    result = laco(teacher, 5, CALIBRATION, config)
+    # lay = H - C = 3: layers 3..6 merge into one; the last layer (7) stays itself.
+    assert result.groups == [[0], [1], [2], [3, 4, 5, 6], [7]] and result.threshold_met and not result.forced_merges
+    merged = result.model.model.layers[3]
+    for name in merged_names(merged):
+        torch.testing.assert_close(
+            merged.get_parameter(name), teacher.model.layers[6].get_parameter(name), atol=1e-6, rtol=0
+        )
+    assert torch.equal(merged.input_layernorm.weight, teacher.model.layers[3].input_layernorm.weight)
+    assert result.model.model.layers[4] is teacher.model.layers[7]
+    paper = laco(teacher, 5, CALIBRATION, LaCoConfig(merge=4, lowest=1, threshold=-1.0, sentences=3, tokens=12))
+    assert paper.groups[-1] == [4, 5, 6, 7]  # the paper's window reaches the last layer
+
+
+def test_official_similarity_is_per_sentence_over_flattened_states():
+    """One sentence whose first token matches the reference with a large norm and whose second is orthogonal with a
+    small one: per token the cosines are 1 and 0 (mean 0.5); flattened, the large token dominates (about 1)."""
+    from types import SimpleNamespace
+
+    from boomerang_lab.evaluate.laco import similarity
+
+    reference = torch.tensor([[[10.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [1.0, -1.0]]])
+    states = torch.tensor([[[10.0, 0.0], [1.0, 0.0]], [[1.0, 1.0], [1.0, 1.0]]])
+
+    model = SimpleNamespace(base_model=lambda input_ids, **kwargs: SimpleNamespace(last_hidden_state=states))
+
+    ids = torch.zeros(2, 2, dtype=torch.long)
+    flat = [torch.nn.functional.cosine_similarity(s.flatten(), r.flatten(), dim=0) for s, r in zip(states, reference)]
+    assert similarity(model, reference, ids, "official") == pytest.approx(torch.stack(flat).mean().item())
+    assert similarity(model, reference, ids, "official") == pytest.approx((100 / 101 + 0.5) / 2)
+    assert similarity(model, reference, ids, "paper") == pytest.approx((1 + 0 + 1 + 0) / 4)
+
+
+@pytest.mark.parametrize("variant", ["paper", "official"])
+def test_a_threshold_no_merge_reaches_is_reported_or_refused(variant):
+    from boomerang_lab.evaluate.laco import LaCoThresholdError, LaCoThresholdWarning
+
+    teacher = tiny_model("llama")
+    settings = dict(lowest=1, threshold=1.0, sentences=3, tokens=12, variant=variant)  # no merge beats cos 1
+    with pytest.warns(LaCoThresholdWarning, match=r"no merge at 8 layers reaches the threshold T=1.0"):
+        forced = laco(teacher, 6, CALIBRATION, LaCoConfig(**settings))
+    assert forced.forced_merges == 1 and not forced.threshold_met and len(forced.best_below) == 1
+    assert forced.model.config.num_hidden_layers == 6
+    with pytest.raises(LaCoThresholdError, match="strict=False"):
+        laco(teacher, 6, CALIBRATION, LaCoConfig(strict=True, **settings))
+    met = laco(teacher, 6, CALIBRATION, LaCoConfig(strict=True, **{**settings, "threshold": -1.0}))
+    assert met.threshold_met and met.forced_merges == 0
+    model = laco_pruning(teacher, 6, CALIBRATION, LaCoConfig(**{**settings, "threshold": -1.0}))
+    assert model.boomerang["laco_variant"] == variant and model.boomerang["forced_merges"] == 0
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(ValueError, match="variant must be one of paper, official, got 'authors'"):
+        LaCoConfig(variant="authors")
+
+
+def test_final_states_are_the_models_last_hidden_states():
+    from boomerang_lab.evaluate.laco import final_states
+
+    teacher = tiny_model("llama")
+    with torch.no_grad():
+        expected = teacher(input_ids=CALIBRATION, output_hidden_states=True).hidden_states[-1]
+    assert torch.equal(final_states(teacher, CALIBRATION), expected)

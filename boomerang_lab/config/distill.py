@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 LOCAL_LOSSES = ("nmse", "cos")
+TEACHER_DTYPES = (None, "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+"""The names `models.loading.resolve_dtype` knows (None: the default)."""
 """The local stage's per-layer losses (`distill.local.local_loss`)."""
 
 
@@ -52,6 +54,44 @@ class LossConfig:
         return bool(self.kl_weight or self.cos_weight)
 
 
+MEMBER_ORDERS = ("random", "last", "first")
+"""The orders members may be drawn in during training."""
+
+
+@dataclass(frozen=True)
+class FamilyAwareConfig:
+    """The family-aware global stage (off: members_per_step = 0, the paper's recipe)."""
+
+    members_per_step: int = field(
+        default=0,
+        metadata={
+            "help": "family-aware global stage: members (distinct sizes 1..K-1) whose loss is added to the student's "
+            "at each step (0: off, the paper); the student itself always counts"
+        },
+    )
+    member_orders: tuple[str, ...] = field(
+        default=("random",),
+        metadata={
+            "help": "the orders the family-aware stage draws members in, one uniformly per member: random (a random "
+            "subset of blocks, for the searched klpatch order), last, first"
+        },
+    )
+
+    def __post_init__(self):
+        object.__setattr__(self, "member_orders", tuple(self.member_orders))
+        if self.members_per_step < 0:
+            raise ValueError(f"members_per_step must be >= 0 (0: off), got {self.members_per_step}.")
+        bad = [o for o in self.member_orders if o not in MEMBER_ORDERS]
+        if bad or not self.member_orders:
+            raise ValueError(
+                f"member_orders must be a non-empty list of {', '.join(MEMBER_ORDERS)}, got {list(self.member_orders)}."
+            )
+
+    @property
+    def on(self) -> bool:
+        return self.members_per_step > 0
+
+
 @dataclass
 class DistillConfig:
     """One distillation run: the paper's hyperparameters by default; the presets are the profiles' recipes
@@ -95,9 +135,20 @@ class DistillConfig:
     optim: str = field(default="adamw_torch_fused", metadata={"help": "optimizer (a transformers name)"})
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast for the student (fp32 master weights)"})
     teacher_dtype: str | None = field(
-        default=None, metadata={"help": "the teacher's dtype; null: bfloat16 on GPU, the teacher's own dtype elsewhere"}
+        default=None,
+        metadata={
+            "help": "the teacher's dtype in training (float32, bfloat16, float16); null: bfloat16 on GPU, the "
+            "teacher's own dtype elsewhere. The caller's teacher is never cast: a cast copy is used when it differs"
+        },
     )
     loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "the loss terms' weights"})
+    family_aware: FamilyAwareConfig = field(
+        default_factory=FamilyAwareConfig,
+        metadata={
+            "help": "the family-aware global stage (distill/family_aware.py): the loss also on sampled members of "
+            "the family built from the current student; off by default (the paper)"
+        },
+    )
     freeze_embeddings: bool = field(
         default=False,
         metadata={"help": "freeze the student's embeddings and LM head (the paper trains every parameter)"},
@@ -144,5 +195,10 @@ class DistillConfig:
             )
         if self.local_loss not in LOCAL_LOSSES:
             raise ValueError(f"local_loss must be one of {', '.join(LOCAL_LOSSES)}, got {self.local_loss!r}.")
+        if self.teacher_dtype not in TEACHER_DTYPES:
+            raise ValueError(
+                f"Unknown dtype {self.teacher_dtype!r} for teacher_dtype; use one of {', '.join(TEACHER_DTYPES[1:])} "
+                f"or null."
+            )
         if self.local_lr <= 0:
             raise ValueError(f"local_lr must be positive, got {self.local_lr}.")

@@ -3,6 +3,8 @@ work."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 import hashlib
 import json
@@ -12,7 +14,7 @@ import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
 import torch
@@ -32,13 +34,15 @@ from transformers import (
 from transformers.trainer_utils import load_sharded_checkpoint
 from transformers.utils.notebook import NotebookProgressCallback
 
-from ..config.distill import DistillConfig, LossConfig
+from ..config.distill import DistillConfig, FamilyAwareConfig, LossConfig
 from ..models.adapters import get_adapter, layers_of
 from ..models.loading import autocast_for, resolve_dtype
+from ..models.orders import Order
 from ..models.plan import LayerPlan
 from ..store import manifest
 from ..store.atomic import atomic_dir, atomic_write_text, disk_full_stops, is_disk_full, usual_permissions
 from ..store.locks import folder_lock
+from .family_aware import draw_members, member_alignment
 from .local import local_loss, only_train, restore_grad, teacher_block_states
 from .losses import IGNORE, distill_loss
 
@@ -52,6 +56,8 @@ LOG_COLUMNS = {
     "cos": "cos",
     "local_nmse": "local_nmse",
     "local_cos": "local_cos",
+    "member_loss": "member_loss",
+    "members": "members",
     "learning_rate": "lr",
     "grad_norm": "grad_norm",
     "num_input_tokens_seen": "tokens_seen",
@@ -60,16 +66,61 @@ LOG_COLUMNS = {
 """Trainer log key -> column of the per-step CSV."""
 
 
+def teacher_on(
+    teacher: PreTrainedModel, device: torch.device | str, dtype: torch.dtype | None, placed: dict | None = None
+) -> PreTrainedModel:
+    """The teacher on `device` in `dtype` (None: its own), frozen, without changing the caller's model: the model
+    itself when every tensor (parameters and buffers) is already there, else a copy moved and cast (once per
+    `placed`, a cache shared by the stages of one run). The caller's training flags and requires_grad are set back
+    by `frozen_teacher` when the run ends."""
+    device = torch.empty(0, device=device).device  # "cuda" -> "cuda:0", as tensors report it
+    key = (str(device), dtype)
+    if placed is not None and key in placed:
+        return placed[key]
+    tensors = [*teacher.parameters(), *teacher.buffers()]
+    there = all(t.device == device for t in tensors) and (
+        dtype is None or all(t.dtype == dtype for t in tensors if t.is_floating_point())
+    )
+    model = teacher if there else copy.deepcopy(teacher).to(device=device, dtype=dtype)
+    model.eval().requires_grad_(False)
+    if placed is not None:
+        placed[key] = model
+    return model
+
+
+@contextlib.contextmanager
+def frozen_teacher(teacher: PreTrainedModel):
+    """Hold the caller's teacher in eval mode without gradients for a run, and give each module its training flag and
+    each parameter its requires_grad back afterwards (also when the run fails)."""
+    modes = {module: module.training for module in teacher.modules()}
+    flags = {param: param.requires_grad for param in teacher.parameters()}
+    try:
+        yield
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+        for param, flag in flags.items():
+            param.requires_grad_(flag)
+
+
 class _TeacherTrainer(Trainer):
     """A Trainer holding a frozen teacher, logging the loss terms its objective reports."""
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-micro-batch mean
 
-    def __init__(self, *args, teacher: PreTrainedModel, plan: LayerPlan, teacher_dtype: str | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        teacher: PreTrainedModel,
+        plan: LayerPlan,
+        teacher_dtype: str | None = None,
+        placed: dict | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         device = self.args.device
         dtype = resolve_dtype(teacher_dtype) or (torch.bfloat16 if device.type == "cuda" else None)
-        self.teacher = teacher.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        self.teacher = teacher_on(teacher, device, dtype, {} if placed is None else placed)
         self.plan = plan
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_count = 0
@@ -102,7 +153,15 @@ class _TeacherTrainer(Trainer):
 class DistillTrainer(_TeacherTrainer):
     """The global objective: CE + KL to the teacher's logits + cosine alignment, through the whole student."""
 
-    def __init__(self, *args, loss_config: LossConfig, **kwargs):
+    def __init__(
+        self,
+        *args,
+        loss_config: LossConfig,
+        family_aware: FamilyAwareConfig | None = None,
+        seed: int = 0,
+        members: Callable | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         adapter = get_adapter(self.teacher)
         self.teacher_backbone = self.teacher.get_submodule(adapter.layers.rpartition(".")[0])
@@ -113,6 +172,25 @@ class DistillTrainer(_TeacherTrainer):
         self.alignment = self.plan.alignment()
         # Only the teacher states the loss reads: the aligned ones, or just the final one for KL alone.
         self.teacher_states = sorted({t for _, t in self.alignment}) if loss_config.cos_weight else [-1]
+        # The family-aware stage (family_aware.py): members of the family of the student being trained, zero-copy
+        # views sharing its modules and the frozen teacher's; the student's tensors stay its own (share=False).
+        self.family_aware = family_aware if family_aware is not None and family_aware.on else None
+        self.draw_seed = seed
+        self.family = None
+        self.drawn: list[tuple[int, list]] = []  # (step, draws) of the steps since the last log
+        if self.family_aware is not None:
+            if members is None:
+                raise ValueError(
+                    "family_aware.members_per_step > 0 needs the family's member builder: call distill(..., "
+                    "members=boomerang_lab.family.members.member_builder) (study.stages passes it)."
+                )
+            # (teacher, student, plan) -> build(k, order): zero-copy members sharing the modules of the student being
+            # trained and of the frozen teacher (the student's tensors stay its own)
+            self.family = members(self.teacher, self.accelerator.unwrap_model(self.model), self.plan)
+
+    def draws(self, step: int) -> list:
+        """The members of optimizer step `step`: a function of (seed, step) only (family_aware.draw_members)."""
+        return draw_members(self.family_aware, self.plan, self.draw_seed, step)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ids, mask = inputs["input_ids"], inputs.get("attention_mask")
@@ -120,7 +198,7 @@ class DistillTrainer(_TeacherTrainer):
         labels = ids if mask is None else ids.masked_fill(mask == 0, IGNORE)
         teacher_hidden = None
         if self.loss_config.needs_teacher:
-            with torch.no_grad():
+            with torch.no_grad():  # once per micro-step, shared by the student and its members
                 teacher_hidden = self.teacher_backbone(
                     input_ids=ids, output_hidden_states=self.teacher_states, use_cache=False, **masked
                 ).hidden_states
@@ -135,8 +213,43 @@ class DistillTrainer(_TeacherTrainer):
             self.alignment,
             self.loss_config,
         )
+        if self.family_aware is not None and model.training:
+            step = self.state.global_step
+            draws = self.draws(step)
+            if not self.drawn or self.drawn[-1][0] != step:  # once per optimizer step, not per micro-step
+                self.drawn.append((step, draws))
+            member_losses = []
+            for draw in draws:
+                member = self.family.build(1, Order(f"{draw.order}:{draw.k}", (draw.patched,)))  # cached per set
+                with self.accelerator.autocast():  # the student's forward is autocast by accelerate's wrapper
+                    member_out = member(
+                        input_ids=ids, output_hidden_states=bool(self.loss_config.cos_weight), use_cache=False, **masked
+                    )
+                member_loss, _ = distill_loss(
+                    member_out.logits,
+                    member_out.hidden_states,
+                    teacher_hidden,
+                    self.teacher_head,
+                    labels,
+                    mask,
+                    member_alignment(self.plan, draw.patched),
+                    self.loss_config,
+                )
+                member_losses.append(member_loss)
+            if member_losses:
+                members = torch.stack(member_losses)
+                terms["member_loss"] = members.detach().mean()
+                loss = (loss + members.sum()) / (1 + len(member_losses))
         self._record(terms, ids)
         return (loss, out) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Also the members drawn since the last log: `k@order:patched student layers`, ';' between members and
+        ' ' between steps (the train log's `members` column)."""
+        if self.drawn and "loss" in logs:
+            logs["members"] = " ".join(";".join(map(str, draws)) for _, draws in self.drawn)
+            self.drawn = []
+        super().log(logs, start_time)
 
 
 class LocalTrainer(_TeacherTrainer):
@@ -213,6 +326,7 @@ def distill(
     tokenizer: PreTrainedTokenizerBase | None = None,
     callbacks: Sequence[TrainerCallback] = (),
     progress: bool = True,
+    members: Callable | None = None,
 ) -> Path:
     """Train `student` towards the frozen `teacher` on token blocks (`data` rows: "input_ids"); return its directory.
 
@@ -223,17 +337,19 @@ def distill(
     tokenizer, plan files, train_log.csv, distill_config.json) appears only when done; a finished directory of the
     same run is returned as it is, one of another run is an error (see `finished`). `progress` prints a few plain
     lines per stage on stdout (besides the Trainer's bar), which papermill's stream carries to a terminal.
+    `members`: the family-aware stage's member builder (`family.members.member_builder`), needed only when
+    `config.family_aware` is on (the family sits above distillation, so its caller passes it in).
 
     The run holds the lock on `output_dir` (`locks.folder_lock`): a second run on it stops with a line naming this
     one. The student and each checkpoint get a manifest (sizes, sha256); a damaged latest checkpoint falls back to
     the one before it, and a full disk stops the run (DiskFull) with the last good checkpoint kept.
     """
     plan.check_fits(len(layers_of(teacher)), len(layers_of(student)))
-    with folder_lock(config.output_dir):
-        return _distill(teacher, student, plan, data, config, tokenizer, callbacks, progress)
+    with folder_lock(config.output_dir), frozen_teacher(teacher):
+        return _distill(teacher, student, plan, data, config, tokenizer, callbacks, progress, members)
 
 
-def _distill(teacher, student, plan, data, config, tokenizer, callbacks, progress) -> Path:
+def _distill(teacher, student, plan, data, config, tokenizer, callbacks, progress, members=None) -> Path:
     if finished(config, plan):
         return Path(config.output_dir)
     if "input_ids" not in (data.column_names or ["input_ids"]):
@@ -270,6 +386,7 @@ def _distill(teacher, student, plan, data, config, tokenizer, callbacks, progres
         tokenizer=tokenizer,
         callbacks=callbacks,
         progress=progress,
+        placed={},  # the teacher moved or cast once for both stages (a copy only when it must change)
     )
     flags = {name: p.requires_grad for name, p in student.named_parameters()}
     if config.local_steps:
@@ -282,7 +399,14 @@ def _distill(teacher, student, plan, data, config, tokenizer, callbacks, progres
             adapter = get_adapter(student)
             for path in (*adapter.embeddings, adapter.head):
                 student.get_submodule(path).requires_grad_(False)
-        trainer = run_stage("global", DistillTrainer, loss_config=config.loss)
+        trainer = run_stage(
+            "global",
+            DistillTrainer,
+            loss_config=config.loss,
+            family_aware=config.family_aware,
+            seed=config.seed,
+            members=members,
+        )
         logs.append(trainer.stage_log)
 
     if trainer.is_world_process_zero():
@@ -318,6 +442,7 @@ def _stage(
     tokenizer,
     callbacks,
     progress: bool,
+    placed: dict,
     **objective,
 ) -> _TeacherTrainer:
     """Run (or resume, or reload when already finished) one stage; the trainer's `stage_log` holds its rows."""
@@ -365,6 +490,7 @@ def _stage(
         teacher=teacher,
         plan=plan,
         teacher_dtype=config.teacher_dtype,
+        placed=placed,
         **objective,
     )
     if local and trainer.accelerator.num_processes > 1:

@@ -79,7 +79,14 @@ def laco_pruning(
     teacher: PreTrainedModel, num_layers: int, calibration: torch.Tensor, config: LaCoConfig | None = None
 ) -> PreTrainedModel:
     """LaCo: the teacher collapsed to `num_layers` layers by RDSC layer merges (laco.py), searched on `calibration`
-    (token ids [sentences, tokens], e.g. `data.calibration_set(tokenizer, 5, 64)`)."""
+    (token ids [sentences, tokens], e.g. `data.calibration_set(tokenizer, 5, 64)`). `model.boomerang` records
+    the merged groups, the variant and how many merges were forced below the threshold (laco.py)."""
     result = laco(teacher, num_layers, calibration, config or LaCoConfig())
-    result.model.boomerang = {"laco_groups": result.groups, "threshold_met": result.threshold_met}
+    result.model.boomerang = {
+        "laco_groups": result.groups,
+        "threshold_met": result.threshold_met,
+        "laco_variant": result.variant,
+        "forced_merges": result.forced_merges,
+        "similarity": result.similarity,
+    }
     return result.model

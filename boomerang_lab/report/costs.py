@@ -177,7 +177,13 @@ def family_costs(config: PretrainedConfig, profile="paper", order: str = "last")
         own = plan if k == 0 else direct_plan(plan, resolved, k)
         params = sum(shape.layer_matmul[i] for i in own.kept)
         rows.append(
-            {"k": k, "layers": own.num_student_layers, "layer_params": params, **run_flops(shape, own, chosen.distill)}
+            {
+                "k": k,
+                "layers": own.num_student_layers,
+                "local_layers": len(own.multi_layer) if chosen.distill.local_steps else 0,
+                "layer_params": params,
+                **run_flops(shape, own, chosen.distill),
+            }
         )
     return pd.DataFrame(rows)
 
@@ -238,14 +244,84 @@ def measured_seconds(study: pd.DataFrame) -> pd.DataFrame:
     return direct[["layers", "distill_seconds"]].rename(columns={"distill_seconds": "seconds"}).dropna()
 
 
+STAGE_SIZE = {"local": "local_layers", "global": "layers"}
+"""What a stage's step time grows with: the local stage trains the multi-layer blocks' student layers (beside a fixed
+teacher forward), the global stage runs the whole student (beside the same teacher forward)."""
+
+
+def step_seconds(steps: pd.DataFrame, costs: pd.DataFrame, recipe) -> pd.DataFrame:
+    """Seconds of every run in `costs` (from `family_costs`) from timed optimizer steps (benchmarks/table3_steps.py:
+    columns k, stage, cpu_seconds): per size and stage the median seconds per step, times the recipe's steps of
+    that stage (`local_steps` where the student has a multi-layer block, `max_steps`). A size or stage that was not
+    timed gets a per-stage straight line through the timed ones (seconds per step against the stage's layers,
+    `STAGE_SIZE`), labelled so in `seconds_source`. Returns `costs` with seconds_per_local_step,
+    seconds_per_global_step, seconds, measured (bool: both of its stages timed) and seconds_source."""
+    out = costs.copy()
+    per_step = steps.groupby(["k", "stage"]).cpu_seconds.median()
+    timed = set(steps.k.unique())
+    for stage, size in STAGE_SIZE.items():
+        column = f"seconds_per_{stage}_step"
+        known = {k: per_step[(k, stage)] for k in timed if (k, stage) in per_step.index}
+        x = np.array([out.loc[out.k == k, size].item() for k in known], dtype=float)
+        y = np.array(list(known.values()), dtype=float)
+        if len(known) >= 2 and np.ptp(x) > 0:
+            slope, intercept = np.polyfit(x, y, 1)
+        elif len(known):
+            slope, intercept = 0.0, float(y.mean())
+        else:
+            slope = intercept = np.nan
+        line = intercept + slope * out[size].astype(float)
+        out[column] = [known.get(k, fit) for k, fit in zip(out.k, line)]
+    uses_local = (out.local_layers > 0) & (recipe.local_steps > 0)
+    out.loc[~uses_local, "seconds_per_local_step"] = 0.0
+    out["seconds"] = (
+        np.where(uses_local, recipe.local_steps * out.seconds_per_local_step, 0.0)
+        + recipe.max_steps * out.seconds_per_global_step
+    )
+    stages_timed = [
+        all((k, stage) in per_step.index for stage in (["local"] if used else []) + ["global"])
+        for k, used in zip(out.k, uses_local)
+    ]
+    # The rate each stage runs at (FLOPs per step / seconds per step): about constant across sizes when the FLOPs
+    # formula and the timings tell one story.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        local_per_step = out.local_flops / max(recipe.local_steps, 1)
+        out["local_gflop_per_s"] = np.where(uses_local, local_per_step / out.seconds_per_local_step / 1e9, np.nan)
+        out["global_gflop_per_s"] = out.global_flops / max(recipe.max_steps, 1) / out.seconds_per_global_step / 1e9
+    out["measured"] = stages_timed
+    out["seconds_source"] = np.where(
+        out.measured, "measured (timed steps x the recipe's steps)", "fitted (per-stage line through timed sizes)"
+    )
+    return out
+
+
 def table3_measured(
-    name: str, config: PretrainedConfig, profile="quick", study: pd.DataFrame | None = None, order: str = "last"
+    name: str,
+    config: PretrainedConfig,
+    profile="quick",
+    study: pd.DataFrame | None = None,
+    order: str = "last",
+    steps: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """`table3`'s row for one teacher and its per-size rows (`family_costs`), with wall seconds where `study` (a
-    Figure 4 table) measured direct students: measured sizes as measured, the others and the family's student
-    extrapolated (`extrapolate_seconds`), and the ratio of the seconds beside the ratio of the FLOPs."""
+    """`table3`'s row for one teacher and its per-size rows (`family_costs`), with seconds and their ratio beside
+    the FLOPs and theirs. With `steps` (benchmarks/table3_steps.py's timed steps), each size's seconds are its timed
+    seconds per step of each stage times the recipe's steps (`step_seconds`); otherwise, from `study` (a Figure 4
+    table): measured sizes as measured, the others and the family's student extrapolated (`extrapolate_seconds`)."""
+    from ..config.profiles import get
+
     row = table3({name: config}, profile, order)
     sizes = family_costs(config, profile, order)
+    if steps is not None and len(steps):
+        sizes = step_seconds(steps, sizes, get(profile).distill)
+        row["family_seconds"] = sizes.seconds.iloc[0]
+        row["direct_seconds"] = sizes.seconds.iloc[1:].sum()
+        row["seconds_ratio"] = row.direct_seconds / row.family_seconds
+        row["measured_layers"] = ", ".join(str(int(n)) for n in sizes.layers[sizes.measured])
+        row["seconds_from"] = (
+            f"timed steps ({int(sizes.measured.sum())} of {len(sizes)} sizes, the rest fitted per stage), "
+            f"CPU seconds of one thread"
+        )
+        return row, sizes
     measured = measured_seconds(study) if study is not None else pd.DataFrame()
     if len(measured):
         sizes = extrapolate_seconds(measured, sizes)

@@ -15,8 +15,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..family.members import Family, OrderLike
-from ..family.orders import Order
 from ..family.speed import SpeedCache
+from ..models.orders import Order
 from .plots import latest, lower_is_better, metric_vs_params, primary_metric
 
 DEFAULT_PROMPT = "Once upon a time"

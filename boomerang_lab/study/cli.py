@@ -339,7 +339,73 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--show", metavar="NAME|FILE", help="print this profile as YAML")
     prof.add_argument("--help-text", action="store_true", help="add each field's help as a column")
     prof.set_defaults(func=cmd_profiles)
+    add_deploy_commands(sub)
     return parser
+
+
+def cmd_save(args: argparse.Namespace) -> None:
+    """Write the family folder of a teacher and a distilled student (each tensor once, the plan, the orders)."""
+    from ..family.members import Family
+    from ..models.loading import load_model, load_student
+    from ..models.student import init_student
+
+    teacher, tokenizer = load_model(args.teacher, dtype=args.dtype)
+    if args.student == "init":
+        plan = get_profile(Profile(), **_field_values(args)).layer_plan(len(_layers(teacher)))
+        student = init_student(teacher, plan)
+    else:
+        student, _, plan = load_student(args.student, dtype=args.dtype)
+    family = Family(teacher, student, plan)
+    path = family.save(args.out, tokenizer, orders=args.orders)
+    size = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+    print(f"family folder {path}: {size / 2**20:.1f} MiB, sizes k=0..{family.K} (layers {_sizes(path)})")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    """Write one member of a family folder as a Hugging Face directory or a GGUF file llama.cpp runs."""
+    from ..family.storage import export_member
+
+    if (args.layers is None) == (args.k is None):
+        raise ValueError("Give exactly one of --layers N or --k K.")
+    out = export_member(args.family, args.out, args.layers, args.k, args.order, args.format, args.quant)
+    print(f"wrote {out}")
+
+
+def _sizes(path) -> str:
+    from ..family.storage import member_sizes
+
+    return ", ".join(map(str, member_sizes(path)))
+
+
+def add_deploy_commands(sub) -> None:
+    """`boomerang save` and `boomerang export` (the family folder; one member as HF or GGUF)."""
+    from ..family.gguf import QUANTS
+
+    save = sub.add_parser("save", help="write the family folder (every size, each tensor once)")
+    save.add_argument("--teacher", default="smollm2-135m", help="hub id, local path, or smollm2-135m")
+    save.add_argument(
+        "--student",
+        required=True,
+        metavar="DIR|init",
+        help="a distilled student directory, or 'init' for the "
+        "teacher-initialised (undistilled) student of the --keep-first/--keep-last/--every plan",
+    )
+    save.add_argument("--out", required=True, help="the family folder to write")
+    save.add_argument("--orders", nargs="*", default=[], help="orders to keep besides last/first (e.g. klpatch)")
+    save.add_argument("--dtype", default="float32")
+    _add_field_args(save, "plan", title="the student's layers for --student init (default: the paper's)")
+    _add_wait_arg(save)
+    save.set_defaults(func=cmd_save)
+
+    export = sub.add_parser("export", help="write one member of a family folder as a HF directory or a GGUF file")
+    export.add_argument("--family", required=True, help="a family folder (`boomerang save`)")
+    export.add_argument("--layers", type=int, help="the member with this many layers")
+    export.add_argument("--k", type=int, help="the member of size index k (0: student)")
+    export.add_argument("--order", default="last", help="last, first or an order saved in the folder")
+    export.add_argument("--format", default="hf", help="hf or gguf")
+    export.add_argument("--quant", default="f16", help=f"GGUF weights: {', '.join(QUANTS)}")
+    export.add_argument("--out", required=True, help="the directory (hf) or .gguf file to write")
+    export.set_defaults(func=cmd_export)
 
 
 def _add_wait_arg(parser: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent.parent  # boomerang_lab/study/ -> the repository
+ROOT = Path(__file__).resolve().parents[2]  # the repository (this file: boomerang_lab/study/)
 NOTEBOOK_DIR = ROOT / "notebooks"
 PIPELINE = ("01_distill", "02_interpolate", "03_evaluate", "04_figures", "05_explore", "06_alignment", "07_orders")
 

@@ -18,7 +18,7 @@ import nbformat
 
 from ..store.atomic import atomic_write_text
 
-ROOT = Path(__file__).resolve().parent.parent.parent  # boomerang_lab/study/ -> the repository
+ROOT = Path(__file__).resolve().parents[2]  # the repository (this file: boomerang_lab/study/)
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_NOTE = "(an interactive widget: open the notebook in JupyterLab, `make lab`, to use it)"
 TEMP = re.compile(r"/tmp/[^\s'\"<>]*")

@@ -31,6 +31,7 @@ def distill_students(
     {run name: student directory}."""
     from ..data import packed_blocks
     from ..distill.trainer import distill, finished
+    from ..family.members import member_builder
     from ..models.student import init_student
 
     runs = {"teacher-initialised": (Path(student), False)}
@@ -51,7 +52,7 @@ def distill_students(
             if blocks is None:
                 blocks = packed_blocks(tokenizer, seq_len=config.seq_len, packing=config.packing, **(data or {}))
             start = init_student(teacher_model, plan, random_init=random_init, seed=config.seed)
-            distill(teacher_model, start, plan, blocks, config, tokenizer)
+            distill(teacher_model, start, plan, blocks, config, tokenizer, members=member_builder)
     with folder_lock(Path(student)):
         search_orders(profile, teacher_model, student)
     return {name: path for name, (path, _) in runs.items()}

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..models.plan import LayerPlan
 from ..store.atomic import atomic_write_text
+from .plan import LayerPlan
 
 
 @dataclass(frozen=True)
@@ -92,3 +92,14 @@ def _absorb_rest(steps: list[tuple[int, ...]], plan: LayerPlan) -> tuple[tuple[i
     if not steps:
         return (rest,) if rest else ()
     return tuple(steps[:-1]) + (tuple(sorted(steps[-1] + rest)),)
+
+
+def member_layout(plan: LayerPlan, member_or_patched) -> list[tuple[str, int]]:
+    """Where each layer of a member comes from, in order: ("teacher", i) for teacher layer i of a patched block,
+    ("student", j) for student layer j. Takes a member (its `boomerang["patched"]`) or the patched student layers."""
+    patched = getattr(member_or_patched, "boomerang", {"patched": member_or_patched})["patched"]
+    patched = set(patched)
+    layout = []
+    for j in range(plan.num_student_layers):
+        layout += [("teacher", i) for i in plan.block(j)] if j in patched else [("student", j)]
+    return layout
