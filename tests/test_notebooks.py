@@ -254,10 +254,11 @@ def unplotted_heading_metrics(nb) -> list[str]:
 
 
 def promised_figures(nb) -> set[str]:
-    """The figures a notebook says it saves: `save_figure(..., "name")` in its code, "saved as `name`" in its prose."""
+    """The figures a notebook says it saves: `save_figure(fig, figures, "name")` in its code, "saved as `name`" in
+    its prose."""
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
-    return set(re.findall(r"save_figure\([^)]*?[\"']([\w.-]+)[\"']", code)) | set(
+    return set(re.findall(r"save_figure\(.*?,\s*figures,\s*[\"']([\w.-]+)[\"']", code, re.S)) | set(
         re.findall(r"saved (?:as|into) `([\w.-]+?)(?:\.png|\.pdf)?`", prose)
     )
 
