@@ -31,17 +31,17 @@ LOAD_CODE = r"""
 import json, os, sys, time
 import torch
 from transformers import AutoModelForCausalLM  # imported before the baseline RSS
+from boomerang_lab import Family, load_model
+from boomerang_lab.family.storage import load_member
+from boomerang_lab.models.loading import load_student
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 torch.set_num_threads(2)
 mode, folder, k = sys.argv[1], sys.argv[2], int(sys.argv[3])
 before, start = rss(), time.perf_counter()
 if mode == "member":
-    from boomerang_lab.family.storage import load_member
     model = load_member(folder, k=k)
 else:
-    from boomerang_lab import Family, load_model
-    from boomerang_lab.models.loading import load_student
     teacher, _ = load_model(sys.argv[4])
     student, _, plan = load_student(sys.argv[5])
     model = Family(teacher, student, plan).build(k)
