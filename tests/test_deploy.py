@@ -199,9 +199,11 @@ def test_gguf_bad_input(tmp_path):
 WIKITEXT_TOKENS = 256
 PPL_F32_PCT = 0.5
 """llama.cpp's f32 perplexity within this % of the torch member's on the same WikiText-2 test tokens."""
-PPL_Q4_1_PCT = 0.5
-"""The q4_1 export of a member whose every tensor is the embedded teacher's shipped Q4_1 (byte-copied) computes the
-same weights, so its perplexity is as close as f32's."""
+PPL_Q4_1_PCT = 5.0
+"""The q4_1 export holds the same weights as the torch member (the teacher's shipped Q4_1 bytes, which the torch
+member holds dequantised), but llama.cpp quantises the activations to Q8_1 for its Q4_1 matmuls: on this undistilled
+middle member (perplexity about 7,800, where small logit changes move perplexity a lot) it measured 3.1 % off
+(2026-12-07, this CPU), f32 under 0.5 %."""
 
 
 @pytest.fixture(scope="module")

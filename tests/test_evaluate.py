@@ -31,6 +31,7 @@ from boomerang_lab.evaluate import (
 from boomerang_lab.evaluate.baselines import naive_layers
 from boomerang_lab.evaluate.lm_eval import manager_for
 from boomerang_lab.evaluate.tasks import utils as task_data
+from boomerang_lab.models import loading
 from boomerang_lab.models.adapters import get_adapter, layers_of, set_num_layers
 from boomerang_lab.models.loading import load_model
 from boomerang_lab.study.cli import main
@@ -378,9 +379,12 @@ def test_interrupted_sweep_resumes_without_duplicates(smol, smol_family, tmp_pat
         )
 
 
-def test_a_rerun_with_other_settings_adds_rows_and_never_reuses_old_ones(smol, smol_family, tmp_path, capsys):
+def test_a_rerun_with_other_settings_adds_rows_and_never_reuses_old_ones(
+    smol, smol_family, tmp_path, capsys, monkeypatch
+):
     """Each setting that changes a value is in the resume key: the perplexity window, its stride, autocast. A rerun
     with one changed evaluates again (its values are the new setting's), one with the same settings reuses."""
+    monkeypatch.setattr(loading, "native_bf16", lambda device="cpu": True)  # the bf16 path, on any CPU
     teacher, tok = smol
     results = tmp_path / "r.csv"
     args = dict(profile="smoke", tasks=[PPL_TASK], ks=[3])  # float32: the teacher, k=K
@@ -481,7 +485,8 @@ def test_cli_evaluate_names_a_distilled_student_by_its_recipe(tmp_path):
     assert run_name(student_dir).startswith("student@")
 
 
-def test_lm_eval_tasks_run_at_the_chosen_sizes_and_autocast_is_close(smol, smol_family, tmp_path, capsys):
+def test_lm_eval_tasks_run_at_the_chosen_sizes_and_autocast_is_close(smol, smol_family, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(loading, "native_bf16", lambda device="cpu": True)  # the bf16 path, on any CPU
     teacher, tok = smol
     table = tiny_sweep(
         smol,

@@ -275,7 +275,7 @@ def test_notebook_08_runs(tmp_path):
     notebook = Path(__file__).resolve().parent.parent / "notebooks" / "08_off_the_shelf.ipynb"
     source = nbformat.read(notebook, as_version=4)
     assert [c for c in source.cells if "parameters" in c.metadata.get("tags", [])]
-    assert all(not c.outputs and c.execution_count is None for c in source.cells if c.cell_type == "code")
+    # (the committed 08 carries the outputs of its offline run, issue 26; this test runs it again below)
     assert papermill.inspect_notebook(str(notebook))["offline"]["default"] == "True"
     papermill.execute_notebook(
         str(notebook),
