@@ -128,3 +128,10 @@ def test_versus_teacher_is_each_models_excess_over_the_teacher_on_the_same_text(
     assert v.loc[(1, "member"), "outside"] == pytest.approx(60 / 25 - 1)
     assert v.loc[(1, "member"), "inside"] == pytest.approx(30 / 10 - 1)
     assert "teacher" not in set(v.index.get_level_values("method"))
+
+
+def test_reading_says_what_one_budget_cannot_answer(table):
+    one = table[table.budget == 1]
+    text = " ".join(budget_reading(one))
+    assert "Not answered at 26 layers" in text and "1k tokens" in text
+    assert "Not answered" not in " ".join(budget_reading(table))

@@ -263,6 +263,14 @@ def budget_reading(table: pd.DataFrame) -> list[str]:
             f"**Members at {r.layers} layers**, {r.from_budget}x to {r.to_budget}x: inside "
             f"{num(r.inside_change * 100, 2)} %, outside {num(r.outside_change * 100, 2)} %."
         )
+    outside = g[g.text == "wikitext_test"]
+    for layers, rows in outside.groupby("layers"):
+        if rows.budget.nunique() < 2:
+            bullets.append(
+                f"**Not answered at {layers} layers**: the gap is measured at one budget only "
+                f"({tokens(rows.train_tokens.iloc[0])} tokens), so whether it closes, crosses or stays as the budget "
+                f"grows, and whether forgetting drives it, is left open; no trend is extrapolated."
+            )
     c = crossing(g)
     for r in c.itertuples():
         where = (
