@@ -290,3 +290,27 @@ def test_cli_save_and_export(tmp_path, capsys):
         with pytest.raises(SystemExit) as stop:
             main(["export", "--family", str(fam), "--format", "gguf", "--out", str(tmp_path / "x.gguf"), *extra])
         assert message in str(stop.value) and str(stop.value).startswith("boomerang export: ")
+
+
+# --- one member, two runtimes (notebook 05's deploy section) ------------------------------------------------------
+def test_compare_runtimes_agrees_with_torch_and_speeds_match_the_speed_cache(tmp_path):
+    from boomerang_lab import load_model
+    from boomerang_lab.evaluate.deploy import compare_runtimes
+    from boomerang_lab.evaluate.perplexity import wikitext_text
+
+    teacher, tokenizer = load_model("smollm2-tiny-random")
+    plan = LayerPlan.paper(teacher.config.num_hidden_layers)
+    family = Family(teacher, perturb(init_student(teacher, plan)), plan)
+    k = 1
+    table = compare_runtimes(family, k, "last", tmp_path / "m.gguf", tokenizer, quant="f32", tokens=64, new_tokens=8)
+    member = family.build(k, "last")
+    ids = tokenizer(wikitext_text())["input_ids"][:64]
+    with torch.no_grad():
+        expected = perplexity_from_logits(member(torch.tensor([ids])).logits[0].numpy(), ids)
+    assert table.loc["torch", "perplexity"] == pytest.approx(expected, rel=1e-9)
+    assert table.loc["llama.cpp", "perplexity"] == pytest.approx(expected, rel=1e-3)  # f32: the same model
+    assert table.attrs["same_tokens"] == 8 and table.attrs["layers"] == member.config.num_hidden_layers
+    assert table.loc["torch", "continuation"] == table.loc["llama.cpp", "continuation"]
+    assert table.loc["torch", "ms/token"] == family.ms_per_token(k, "last")  # the cached measurement, not a new one
+    assert table.loc["llama.cpp", "MiB"] == (tmp_path / "m.gguf").stat().st_size / 2**20
+    assert (table["tokens/s"] * table["ms/token"]).round(6).eq(1000).all()

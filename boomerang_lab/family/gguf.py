@@ -9,6 +9,7 @@ shipped Q4_1 bytes); the reference's tokenizer metadata is copied too.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +19,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..store.atomic import atomic_path
+from .speed import NEW_TOKENS, PROMPT_TOKENS, REPEATS
 
 QUANTS = ("f32", "f16", "q8_0", "q4_1")
 """Weight formats of an export; 1-D tensors (norms) stay F32, as in llama.cpp's own converter."""
@@ -269,6 +271,29 @@ def llama_cpp_greedy(llm, tokens: Sequence[int], new_tokens: int) -> list[int]:
         out.append(nxt)
         llm.eval([nxt])
     return out
+
+
+def llama_cpp_ms_per_token(
+    llm, new_tokens: int = NEW_TOKENS, prompt_tokens: int = PROMPT_TOKENS, repeats: int = REPEATS
+) -> float:
+    """Milliseconds per generated token in llama.cpp, measured as `speed.ms_per_token` measures torch: greedy
+    decoding of exactly `new_tokens` tokens after the same `prompt_tokens`-token prompt (its evaluation timed too),
+    batch 1, after one untimed warm-up; the best of `repeats` runs."""
+    prompt = [i % llm.n_vocab() for i in range(1, prompt_tokens + 1)]
+
+    def run(n: int) -> None:
+        llm.reset()
+        llm.eval(prompt)
+        for _ in range(n):
+            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+
+    run(2)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(new_tokens)
+        best = min(best, time.perf_counter() - start)
+    return 1000.0 * best / new_tokens
 
 
 def perplexity_from_logits(logits: np.ndarray, tokens: Sequence[int]) -> float:

@@ -131,38 +131,43 @@ class Explorer(widgets.VBox):
         return self.results[(order == self.order.value) | ~order.isin(list(self.orders))]
 
     # --- the plot ----------------------------------------------------------------------------------------------
+    def marked(self, k: int | None = None) -> tuple[int, float | None, str]:
+        """(layers, value, label) of the point the figure marks at size k (default: the slider's), read from the
+        results (or the parameter count when there are none); the slider is not moved."""
+        k = self.size.value if k is None else k
+        row = self.table().loc[k]
+        if self.task.value == "parameters" or self.results is None:
+            return row.layers, row.params / 1e6, "parameters (M)"
+        if self.task.value == "average":
+            return row.layers, None, "acc"
+        curves = self._curves()
+        metric = primary_metric(curves, self.task.value)
+        here = curves[
+            (curves.method == "boomerang")
+            & (curves.k == k)
+            & (curves.task == self.task.value)
+            & (curves.metric == metric)
+        ]
+        return row.layers, (float(here.value.iloc[0]) if not here.empty else None), metric
+
     def figure(self):
         """The size curve(s) with the selected member marked (a ring on the boomerang curve and a dashed line)."""
-        row, k = self.row(), self.size.value
+        k = self.size.value
+        layers, y, label = self.marked(k)
         fig, ax = plt.subplots(figsize=(5.2, 3.5))
         if self.task.value == "parameters" or self.results is None:
             sizes = self.table()
             ax.plot(sizes.layers, sizes.params / 1e6, marker="o", ms=3, color="grey")
-            y, label = row.params / 1e6, "parameters (M)"
             ax.set(xlabel="layers", ylabel=label, title="family sizes")
         else:
-            curves = self._curves()
-            metric_vs_params(curves, self.task.value, ax=ax, x="layers")
-            metric = primary_metric(curves, self.task.value) if self.task.value != "average" else "acc"
-            here = (
-                curves[
-                    (curves.method == "boomerang")
-                    & (curves.k == k)
-                    & (curves.task == self.task.value)
-                    & (curves.metric == metric)
-                ]
-                if self.task.value != "average"
-                else pd.DataFrame()
-            )
-            y = float(here.value.iloc[0]) if not here.empty else None
-            label = metric
+            metric_vs_params(self._curves(), self.task.value, ax=ax, x="layers")
             ax.legend(frameon=False, fontsize=7)
-        ax.axvline(row.layers, color=MARK, ls="--", lw=1)
+        ax.axvline(layers, color=MARK, ls="--", lw=1)
         if y is not None:
-            ax.scatter([row.layers], [y], s=180, facecolors="none", edgecolors=MARK, linewidths=2.5, zorder=6)
-        ax.set_title(f"{ax.get_title()}: k = {k} marked ({row.layers} layers)", color=MARK, fontsize=10)
+            ax.scatter([layers], [y], s=180, facecolors="none", edgecolors=MARK, linewidths=2.5, zorder=6)
+        ax.set_title(f"{ax.get_title()}: k = {k} marked ({layers} layers)", color=MARK, fontsize=10)
         fig.tight_layout()
-        self._marked = (row.layers, y, label)
+        self._marked = (layers, y, label)
         return fig
 
     def _draw(self) -> None:
