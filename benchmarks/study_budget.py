@@ -382,14 +382,14 @@ def cmd_evaluate(args) -> None:
 def cmd_figure(args) -> None:
     import pandas as pd
 
-    from boomerang_lab.report.budget import figure, forgetting, gaps
+    from boomerang_lab.report.budget import figure, figure_title, forgetting, gaps
     from boomerang_lab.report.plots import save_figure
 
     table = pd.read_csv(args.results)
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(gaps(table).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         print(forgetting(table).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    fig = figure(table, "Members (klpatch) vs direct students as the budget grows (quick recipe, this CPU, seed 0)")
+    fig = figure(table, figure_title(table, "klpatch members, quick recipe, this CPU, seed 0"))
     save_figure(fig, Path(args.figure).parent, Path(args.figure).stem, formats=("png",))
     print(f"wrote {args.figure}")
 

@@ -5,7 +5,16 @@ import math
 import pandas as pd
 import pytest
 
-from boomerang_lab.report.budget import budget_reading, crossing, forgetting, gaps, pooled
+from boomerang_lab.report.budget import (
+    budget_reading,
+    crossing,
+    figure_title,
+    forgetting,
+    gaps,
+    pooled,
+    ran,
+    ran_text,
+)
 
 
 def rows(budget, method, layers, text, ppls, tokens=1000):
@@ -135,3 +144,17 @@ def test_reading_says_what_one_budget_cannot_answer(table):
     text = " ".join(budget_reading(one))
     assert "Not answered at 26 layers" in text and "1k tokens" in text
     assert "Not answered" not in " ".join(budget_reading(table))
+
+
+def test_what_ran_and_the_title_say_which_budgets_and_sizes_each_method_has(table):
+    """The title says "as the budget grows" only when members and direct students were both run at several budgets;
+    otherwise it names the budgets (and the direct students' sizes) the table holds."""
+    assert ran(table) == {"member": {1: [26], 4: [26], 16: [26]}, "direct": {1: [26], 4: [26], 16: [26]}}
+    assert figure_title(table) == "Members vs direct students as the budget grows"
+    extra = pd.DataFrame(rows(4, "member", 20, "wikitext_test", [90.0] * 3))
+    partial = pd.concat([table[(table.method == "member") | (table.budget == 1)], extra])
+    assert ran(partial) == {"member": {1: [26], 4: [20, 26], 16: [26]}, "direct": {1: [26]}}
+    assert ran_text(partial) == (
+        "members at 1x (26 layers) and 4x (20, 26 layers) and 16x (26 layers); direct students at 1x (26 layers)"
+    )
+    assert figure_title(partial, "this CPU") == "Members at 1x, 4x, 16x vs direct students at 1x (26 layers; this CPU)"

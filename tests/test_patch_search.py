@@ -443,8 +443,33 @@ def test_notebook_01s_stage_searches_the_profiles_order_once_and_saves_it(tmp_pa
     )
     profile = profiles.get("smoke", pipeline={"orders": ["klpatch"], "search": {"num_sequences": 3, "seq_len": 8}})
     found = stages.search_orders(profile, teacher, tmp_path)
-    assert json.loads((tmp_path / "order_klpatch.json").read_text())["search"]["num_sequences"] == 3
-    assert "klpatch order:" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "order_klpatch.json").read_text())
+    assert saved["search"]["num_sequences"] == 3
+    printed = capsys.readouterr().out
+    assert "klpatch order:" in printed and "searched in" in printed and "reused" not in printed
+    assert "3 x 8 calibration tokens" in printed
     monkeypatch.setitem(patch_search.SEARCHES, "klpatch", lambda *a, **k: pytest.fail("searched again"))
     assert stages.search_orders(profile, teacher, tmp_path) == found
+    # the reuse is printed as one, with the seconds the saved search took, never as a search of this call's seconds
+    printed = capsys.readouterr().out
+    assert f"reused the saved order_klpatch.json (searched in {saved['seconds']:.0f} s; 3 x 8 calibration" in printed
     assert stages.search_orders(profiles.get("smoke"), teacher, tmp_path) == {}  # no searched order in the profile
+
+
+def test_search_line_tells_a_reused_order_from_one_searched_now():
+    from boomerang_lab.study.stages import search_line
+
+    record = json.dumps(
+        {
+            "name": "klpatch",
+            "search": {"num_sequences": 4, "seq_len": 256, "stride": 1, "autocast": None},
+            "seconds": 322.4,
+        }
+    )
+    assert search_line("klpatch", record, record, 2.0) == (
+        "reused the saved order_klpatch.json (searched in 322 s; 4 x 256 calibration tokens, every 1 scored, "
+        "autocast None)"
+    )
+    fresh = json.dumps({**json.loads(record), "seconds": 52.0})
+    assert search_line("klpatch", None, fresh, 52.3).startswith("searched in 52 s; 4 x 256 calibration tokens")
+    assert search_line("klpatch", record, fresh, 52.3).startswith("searched in 52 s")  # a stale file searched again

@@ -178,6 +178,22 @@ def test_loss_curves_one_panel_per_logged_term():
         plots.loss_curves(pd.DataFrame({"step": [0], "acc": [1.0]}))
 
 
+def test_loss_curves_draw_every_logged_term_of_a_staged_run():
+    """A local stage then a global one: a panel for every term either logs (local_cos too), none for the totals."""
+    from boomerang_lab.report.reading import TERMS
+
+    assert set(TERMS) <= set(plots.LOSS_TERMS)
+    local = pd.DataFrame(
+        {"stage": "local", "step": range(1, 21), "loss": 1.0, "local_nmse": np.linspace(1, 0.5, 20), "lr": 1e-3}
+    ).assign(local_cos=np.linspace(0.5, 0.2, 20))
+    glob = pd.DataFrame(
+        {"stage": "global", "step": range(1, 21), "loss": 9.0, "ce": 5.0, "kl": 2.0, "cos": 0.2, "lr": 3e-4}
+    )
+    fig = plots.loss_curves(pd.concat([local, glob], ignore_index=True))
+    assert [ax.get_title() for ax in fig.axes] == ["local_nmse", "local_cos", "ce", "kl", "cos", "lr"]
+    plots.plt.close(fig)
+
+
 def test_alignment_heatmap_grid():
     table = pd.DataFrame(
         {

@@ -115,6 +115,48 @@ def versus_teacher(table: pd.DataFrame) -> pd.DataFrame:
     return wide.rename(columns={"wikitext_test": "outside", "corpus_held_out": "inside"}).reset_index()
 
 
+METHOD_NAMES = {"member": "members", "direct": "direct students"}
+
+
+def ran(table: pd.DataFrame) -> dict[str, dict[int, list[int]]]:
+    """What the table holds, per method (members first, then direct students): {budget: the sizes (layers) run at
+    that budget}."""
+    out = {}
+    for method in METHOD_NAMES:
+        part = table[table.method == method]
+        out[method] = {int(b): sorted(int(n) for n in set(g.layers)) for b, g in part.groupby("budget")}
+    return {m: budgets for m, budgets in out.items() if budgets}
+
+
+def ran_text(table: pd.DataFrame) -> str:
+    """What ran, in words: "members at 1x (16, 20, 23, 26 layers) and 2x (16, 20, 26 layers); direct students at 1x
+    (26 layers)"."""
+    return "; ".join(
+        f"{METHOD_NAMES[method]} at "
+        + " and ".join(f"{b}x ({', '.join(map(str, layers))} layers)" for b, layers in budgets.items())
+        for method, budgets in ran(table).items()
+    )
+
+
+def figure_title(table: pd.DataFrame, context: str = "") -> str:
+    """The figure's title, said from what the table holds: "Members vs direct students as the budget grows" only
+    when both were run at more than one budget; otherwise the budgets each was run at and the direct students'
+    sizes, e.g. "Members at 1x, 2x vs direct students at 1x (26 layers; `context`)"."""
+    r = ran(table)
+    members, direct = r.get("member", {}), r.get("direct", {})
+    notes = [context] if context else []
+    if len(members) > 1 and len(direct) > 1:
+        text = "Members vs direct students as the budget grows"
+    else:
+        text = (
+            f"Members at {', '.join(f'{b}x' for b in members) or 'no budget'} vs direct students at "
+            f"{', '.join(f'{b}x' for b in direct) or 'no budget'}"
+        )
+        sizes = sorted({n for layers in direct.values() for n in layers})
+        notes = ([f"{', '.join(map(str, sizes))} layers"] if sizes else []) + notes
+    return f"{text} ({'; '.join(notes)})" if notes else text
+
+
 def figure(table: pd.DataFrame, title: str | None = None):
     """Top row: the member-minus-direct gap against training tokens, one line per size, one panel per text (the
     per-stretch range as a band; LAMBADA: accuracy difference, +-2 combined stderrs as a band). Bottom row: each
@@ -167,7 +209,7 @@ def figure(table: pd.DataFrame, title: str | None = None):
         ax.set_xlabel("training tokens")
         ax.set_ylabel("token perplexity (pooled)" if text != "lambada" else "accuracy")
         ax.legend(fontsize=7, ncol=2)
-    fig.suptitle(title or "Members vs direct students as the budget grows")
+    fig.suptitle(title or figure_title(table))
     fig.tight_layout()
     return fig
 

@@ -32,7 +32,9 @@ PRIMARY_METRIC = {
 every notebook quotes; lm-eval's `wikitext` keeps its word perplexity."""
 FALLBACK_METRICS = ("acc_norm", "acc", "word_perplexity", "perplexity")
 MAIN_METHOD = "boomerang"
-LOSS_TERMS = ("loss", "local_nmse", "ce", "kl", "cos", "lr")
+LOSS_TERMS = ("loss", "local_nmse", "local_cos", "ce", "kl", "cos", "lr")
+"""What `loss_curves` draws, one panel each when logged: the total, every loss term a stage logs (`reading.TERMS`) and
+the learning rate."""
 KEY = ["teacher", "student", "method", "order", "k", "task", "metric"]
 X_AXES = {"params": ("parameters (M)", 1e-6), "layers": ("layers", 1)}
 """What a size axis can show: column -> (label, scale)."""

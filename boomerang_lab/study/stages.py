@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -114,11 +115,34 @@ def search_orders(profile: str | Profile, teacher_model: PreTrainedModel, studen
     family.search_config = pipeline.search
     found = {}
     for name in names:
+        saved = Path(student, f"order_{name}.json")
+        before = saved.read_text() if saved.exists() else None
         start = time.perf_counter()
         found[name] = search(family, name)
-        c = pipeline.search
-        print(
-            f"{name} order: {[list(step) for step in found[name].steps]} ({time.perf_counter() - start:.0f} s; "
-            f"{c.num_sequences} x {c.seq_len} calibration tokens, every {c.stride} scored, autocast {c.autocast})"
-        )
+        seconds = time.perf_counter() - start
+        after = saved.read_text() if saved.exists() else None
+        line = search_line(name, before, after, seconds, pipeline.search)
+        print(f"{name} order: {[list(step) for step in found[name].steps]} ({line})")
     return found
+
+
+def search_line(name: str, before: str | None, after: str | None, seconds: float, config=None) -> str:
+    """How `search_orders` got the `name` order, for the line it prints: `before` and `after` are the saved
+    order_<name>.json's text before and after the search call (None: no file), `seconds` the call's. Unchanged, the
+    saved order was reused: "reused the saved order_klpatch.json (searched in 322 s; 4 x 256 calibration tokens,
+    every 1 scored, autocast None)", with the seconds and settings saved with it. Otherwise it was searched now:
+    "searched in 52 s; ...", with this call's seconds. The settings are the saved ones, else `config`'s (a
+    SearchConfig)."""
+    record = json.loads(after) if after else {}
+    c = record.get("search") or (vars(config) if config is not None else {})
+    settings = (
+        f"{c.get('num_sequences')} x {c.get('seq_len')} calibration tokens, every {c.get('stride')} scored, "
+        f"autocast {c.get('autocast')}"
+        if c
+        else "settings not saved"
+    )
+    if before is not None and before == after:
+        saved = record.get("seconds")
+        took = f"searched in {saved:.0f} s" if isinstance(saved, (int, float)) else "its search time not saved"
+        return f"reused the saved order_{name}.json ({took}; {settings})"
+    return f"searched in {seconds:.0f} s; {settings}"
