@@ -57,7 +57,7 @@ def text_blocks(n: int) -> Dataset:
     (A first try on random tokens took ~30 min of wall time per step at ~10 % of a core; the real-text run here was no
     faster on its first step, so the slowness was the CPU share and the first step's set-up, not the tokens.)"""
     if n not in _BLOCKS:
-        from boomerang_lab.text_data import packed_blocks
+        from boomerang_lab.data import packed_blocks
 
         _, tokenizer = load_model("smollm2-135m")
         blocks = packed_blocks(tokenizer, seq_len=128)
