@@ -4,6 +4,7 @@ its draws repeat after a resume, under gradient accumulation and across processe
 Run as a script (under torchrun) it is the worker of the 2-process test.
 """
 
+import math
 import os
 import socket
 import subprocess
@@ -311,3 +312,75 @@ class RankDraws(TrainerCallback):
 if __name__ == "__main__":  # the 2-process worker: 2 sequences per process
     out = Path(sys.argv[1])
     tiny_run(out, batch_size=2, steps=3, callbacks=[RankDraws(out.with_name(out.name + ".ranks"))])
+
+
+# --- the study's report (benchmarks/study_family_aware.py, report/family_aware.py) -----------------------------------
+def _study_table(fa_factor, student_factor=1.0, seeds=(0, 1), stretches=3, short_factor=1.1):
+    """A synthetic study table: quick members at perplexity 100 - 2 * k, family-aware at `fa_factor(k)` times that
+    (`student_factor` at k = 0), ShortGPT at `short_factor` times quick, a direct student at 26 layers, the teacher;
+    every model on `stretches` stretches of 100 scored tokens."""
+    from boomerang_lab.report.family_aware import STRETCHES
+
+    rows = []
+
+    def add(recipe, seed, method, layers, k, ppl, seconds=None):
+        for stretch in range(stretches):
+            rows.append([recipe, seed, method, layers, k, stretch, ppl, math.log(ppl) * 100, 100, seconds, None, 40])
+
+    for seed in seeds:
+        for k in range(14):
+            quick = 100.0 - 2 * k
+            add("quick", seed, "member", 16 + k, k, quick, 1500.0)
+            add("family_aware", seed, "member", 16 + k, k, quick * (student_factor if k == 0 else fa_factor(k)), 1400.0)
+    for k in range(14):
+        add("shortgpt", 0, "shortgpt", 16 + k, k, (100.0 - 2 * k) * short_factor)
+    add("direct", 0, "direct", 26, None, 70.0)
+    add("teacher", 0, "teacher", 30, None, 20.0)
+    columns = ["recipe", "seed", "method", "layers", "k", "stretch", "token_perplexity", "nll", "scored"]
+    assert STRETCHES == 3
+    return pd.DataFrame(rows, columns=columns + ["distill_seconds", "distill_cpu_seconds", "global_steps"])
+
+
+def test_study_verdict_applies_the_stated_criterion():
+    from boomerang_lab.report.family_aware import reading, verdict
+
+    win = verdict(_study_table(lambda k: 0.9))
+    assert (win.call, win.better, win.worse, win.sizes, win.seeds) == ("WIN", 13, 0, 13, [0, 1])
+    assert win.student == {0: 0.0, 1: 0.0} and win.of_sizes == 14
+    assert win.ahead[("family_aware", 0)] == win.ahead[("quick", 1)] == 14  # ShortGPT is 10 % worse at every size
+    assert win.direct[26][("quick", 0)] == pytest.approx(80 / 70 - 1)
+    # better at 9 sizes only: a draw; worse at 10: a loss; the student worse by > 5 % in both seeds: a loss
+    assert verdict(_study_table(lambda k: 0.9 if k <= 9 else 1.0)).call == "DRAW"
+    assert verdict(_study_table(lambda k: 1.1 if k <= 10 else 0.9)).call == "LOSS"
+    assert verdict(_study_table(lambda k: 0.9, student_factor=1.06)).call == "LOSS"
+    assert verdict(_study_table(lambda k: 0.9, student_factor=1.04)).call == "WIN"
+    # ahead of ShortGPT at fewer sizes than quick (its student, 4 % worse, falls behind ShortGPT's): a draw
+    behind = verdict(_study_table(lambda k: 0.9, student_factor=1.04, short_factor=1.02))
+    assert (behind.ahead[("family_aware", 0)], behind.ahead[("quick", 0)], behind.call) == (13, 14, "DRAW")
+    assert reading(_study_table(lambda k: 0.9))[0].startswith("**Verdict: WIN**")
+
+
+def test_study_verdict_counts_only_complete_families():
+    from boomerang_lab.report.family_aware import members, verdict
+
+    partial = _study_table(lambda k: 0.9, seeds=(0,), stretches=2)
+    assert members(partial).empty and verdict(partial).call == "NONE"
+    one = _study_table(lambda k: 0.9, seeds=(0,))
+    assert verdict(one).seeds == [0] and verdict(one).call == "WIN"
+
+
+def test_study_reading_splits_the_students_change_into_steps_and_members():
+    import pandas as pd
+
+    from boomerang_lab.report.family_aware import reading
+
+    table = _study_table(lambda k: 0.9, student_factor=1.21)  # family-aware student 121 against quick's 100
+    rows = [
+        ["quick_short", 0, "student", 16, 0, s, 110.0, math.log(110.0) * 100, 100, 900.0, None, 40] for s in range(3)
+    ]
+    table = pd.concat([table, pd.DataFrame(rows, columns=table.columns)], ignore_index=True)
+    why = [line for line in reading(table) if line.startswith("**Why the student moves**")]
+    # log(110/100) / log(121/100) = 1/2: half of the change from the fewer steps, +10 % from the members at 40 steps
+    assert why and "40 global steps" in why[0] and "110.0, against 100.0" in why[0] and "121.0 family-aware" in why[0]
+    assert "account for 50% of" in why[0] and "(+21.0%)" in why[0] and "(+10.0% at equal steps)" in why[0]
+    assert not [line for line in reading(_study_table(lambda k: 0.9)) if "Why the student" in line]
