@@ -2,7 +2,8 @@
 
     OMP_NUM_THREADS=1 python benchmarks/bench_family_aware.py --rounds 2 --warmup 1 --steps 6
 
-The global stage of the `quick` profile (4 x 128 tokens a step, bf16 autocast, frozen embeddings and head) on the
+The global stage of the `quick` profile (4 x 128 tokens a step, bf16 autocast where the CPU has it natively, else
+float32 (`models.loading.native_bf16`), frozen embeddings and head) on the
 embedded SmolLM2-135M-Instruct teacher and its 16-layer student, one thread, real text (the corpus's first training
 blocks). The variants run interleaved (plain, m=1, m=2, plain, ...) so that a machine whose load drifts slows them
 alike; each run's first `--warmup` steps are not timed. Every variant draws with seed 0, so the family-aware runs draw
@@ -36,6 +37,12 @@ from boomerang_lab.models.student import init_student
 from boomerang_lab.store.atomic import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def _dtype() -> str:
+    from boomerang_lab.models.loading import native_bf16
+
+    return "bf16 autocast" if native_bf16(torch.device("cpu")) else "float32 (bf16 is not native on this CPU)"
 
 
 class Clock(TrainerCallback):
@@ -125,7 +132,8 @@ def main() -> None:
     for clock in ("wall_s_per_step", "cpu_s_per_step"):
         summary[clock.replace("_s_per_step", "_ratio")] = summary[clock] / summary.loc[0, clock]
     text = (
-        f"quick global stage on SmolLM2-135M, 4 x 128 tokens, bf16 autocast, 1 thread, {args.rounds} interleaved "
+        f"quick global stage on SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised), 4 x 128 tokens, {_dtype()}, 1 thread, "
+        f"{args.rounds} interleaved "
         f"rounds x {args.steps} timed steps (median over rounds); K = {len(plan.multi_layer)}\n"
         + summary.to_string(float_format=lambda v: f"{v:.3f}")
         + "\n"
