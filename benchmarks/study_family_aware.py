@@ -189,14 +189,14 @@ def score(model, ids: torch.Tensor) -> tuple[float, int]:
     return nll, scored
 
 
-def read() -> pd.DataFrame:
-    return pd.read_csv(CSV) if CSV.is_file() else pd.DataFrame(columns=COLUMNS)
+def read(path: Path = CSV) -> pd.DataFrame:
+    return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=COLUMNS)
 
 
-def write(table: pd.DataFrame) -> None:
+def write(table: pd.DataFrame, path: Path = CSV) -> None:
     from boomerang_lab.store.atomic import atomic_write_text
 
-    atomic_write_text(CSV, table[COLUMNS].to_csv(index=False))
+    atomic_write_text(path, table[COLUMNS].to_csv(index=False))
 
 
 def cmd_evaluate(args) -> None:
@@ -211,7 +211,7 @@ def cmd_evaluate(args) -> None:
     torch.set_num_threads(args.threads)
     teacher, tokenizer = load_model("smollm2-135m")
     texts = stretches(tokenizer)
-    table = read()
+    table = read(args.csv)
     families: dict = {}
     influence = None
 
@@ -224,7 +224,7 @@ def cmd_evaluate(args) -> None:
         nll, n = score(model, texts[stretch])
         row = [recipe, seed, method, layers, k, stretch, math.exp(nll / n), nll, n, *seconds, steps]
         table = pd.concat([table, pd.DataFrame([row], columns=COLUMNS)], ignore_index=True)
-        write(table)
+        write(table, args.csv)
         log(f"stretch {stretch}: {recipe} s{seed} {method} {layers}L (k={k}): ppl {row[6]:.1f}")
 
     def family_of(recipe, seed):
@@ -240,7 +240,7 @@ def cmd_evaluate(args) -> None:
     recipes = [("quick", 0), ("family_aware", 0), ("quick", 1), ("family_aware", 1)]
     while True:
         pending = False
-        for stretch in range(len(STARTS)):
+        for stretch in args.stretches:
             for recipe, seed in recipes:
                 found = family_of(recipe, seed)
                 if found is None:
@@ -269,7 +269,7 @@ def cmd_evaluate(args) -> None:
             else:
                 pending = True
             record(teacher, "teacher", 0, "teacher", None, stretch)
-        for stretch in range(len(STARTS)):
+        for stretch in args.stretches:
             for recipe, seed in recipes:
                 found = family_of(recipe, seed)
                 if found is None:
@@ -283,6 +283,14 @@ def cmd_evaluate(args) -> None:
         log("waiting for students (60 s)")
         time.sleep(60)
     log("evaluation done")
+
+
+def cmd_merge(args) -> None:
+    """The study's table with a second evaluator's rows added (a row already there is kept)."""
+    key = ["recipe", "seed", "method", "layers", "stretch"]
+    both = pd.concat([read(), read(args.csv)], ignore_index=True).drop_duplicates(key, keep="first")
+    write(both.sort_values(["stretch", "recipe", "seed", "method", "layers"], kind="stable"))
+    log(f"merged {args.csv}: {len(both)} rows")
 
 
 # --- report --------------------------------------------------------------------------------------------------------
@@ -321,9 +329,14 @@ def main() -> None:
     e = sub.add_parser("evaluate")
     e.add_argument("--threads", type=int, default=1)
     e.add_argument("--once", action="store_true", help="score what is there, then stop")
+    e.add_argument("--stretches", type=int, nargs="+", default=list(range(len(STARTS))), help="which stretches")
+    e.add_argument("--csv", type=Path, default=CSV, help="the table to write (a second evaluator: its own file)")
+    m = sub.add_parser("merge", help="add a second evaluator's rows (--csv FILE) to the study's table")
+    m.add_argument("--csv", type=Path, required=True)
     sub.add_parser("report")
     args = parser.parse_args()
-    {"distill": cmd_distill, "evaluate": cmd_evaluate, "report": cmd_report}[args.command](args)
+    commands = {"distill": cmd_distill, "evaluate": cmd_evaluate, "merge": cmd_merge, "report": cmd_report}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":
