@@ -229,7 +229,7 @@ def test_explorer_in_jupyterlab_in_chromium(lab, tmp_path):
                     if attempt:
                         raise
             expect(explorer).to_be_visible()
-            # the last cell: the deploy reading (every cell that sets the slider has run before it)
+            # the deploy reading: every cell that sets the slider runs before it
             deployed = page.locator(".jp-OutputArea-output", has_text=re.compile(r"as a \w+ GGUF|Not run here"))
             expect(deployed).to_be_visible()
             expect(page.locator(".jp-OutputArea-output", has_text="ms/token -> k =")).to_be_visible()
