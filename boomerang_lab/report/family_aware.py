@@ -205,6 +205,17 @@ def figure(table: pd.DataFrame, title: str | None = None):
         ax.scatter(
             direct.index, direct, color="black", marker="*", s=90, zorder=5, label="direct students (quick, seed 0)"
         )
+    short_run = p[(p.recipe == "quick_short") & (p.method == "student")]
+    if len(short_run):
+        ax.scatter(
+            short_run.layers,
+            short_run.ppl,
+            facecolors="none",
+            edgecolors="tab:blue",
+            s=70,
+            zorder=5,
+            label=f"quick, {int(short_run.steps.iloc[0])} global steps (diagnostic, seed 0)",
+        )
     teacher = p[p.method == "teacher"].ppl
     if len(teacher):
         ax.axhline(float(teacher.iloc[0]), color="green", lw=0.8, label="teacher")
