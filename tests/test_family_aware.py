@@ -382,5 +382,7 @@ def test_study_reading_splits_the_students_change_into_steps_and_members():
     why = [line for line in reading(table) if line.startswith("**Why the student moves**")]
     # log(110/100) / log(121/100) = 1/2: half of the change from the fewer steps, +10 % from the members at 40 steps
     assert why and "40 global steps" in why[0] and "110.0, against 100.0" in why[0] and "121.0 family-aware" in why[0]
-    assert "account for 50% of" in why[0] and "(+21.0%)" in why[0] and "(+10.0% at equal steps)" in why[0]
+    assert (
+        "account for 50% of" in why[0] and "log perplexity (+21.0% in" in why[0] and "(+10.0% at equal steps)" in why[0]
+    )
     assert not [line for line in reading(_study_table(lambda k: 0.9)) if "Why the student" in line]
