@@ -158,3 +158,19 @@ def test_what_ran_and_the_title_say_which_budgets_and_sizes_each_method_has(tabl
         "members at 1x (26 layers) and 4x (20, 26 layers) and 16x (26 layers); direct students at 1x (26 layers)"
     )
     assert figure_title(partial, "this CPU") == "Members at 1x, 4x, 16x vs direct students at 1x (26 layers; this CPU)"
+
+
+def test_reading_says_below_the_teacher_when_a_model_beats_it():
+    r = [
+        *rows(0, "teacher", 30, "wikitext_test", [25.0] * 3),
+        *rows(0, "teacher", 30, "corpus_held_out", [10.0] * 3),
+        *rows(1, "direct", 26, "wikitext_test", [30.0] * 3),
+        *rows(1, "direct", 26, "corpus_held_out", [9.0] * 3),
+        *rows(1, "member", 26, "wikitext_test", [32.0] * 3),
+        *rows(1, "member", 26, "corpus_held_out", [12.0] * 3),
+    ]
+    text = " ".join(budget_reading(pd.DataFrame(r)))
+    assert "% below the teacher's perplexity inside the corpus, 20 % above the teacher's perplexity outside" in text
+    assert "it is better than the teacher inside the corpus." in text
+    assert "member at 26 layers, 1x**: 20 % above the teacher's perplexity inside the corpus" in text
+    assert "-10 %" not in text

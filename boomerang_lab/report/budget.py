@@ -283,9 +283,15 @@ def budget_reading(table: pd.DataFrame) -> list[str]:
         if not (math.isfinite(r.inside) and math.isfinite(r.outside)):
             continue
         where = "outside" if r.outside > r.inside else "inside"
+
+        def side(x: float, text: str) -> str:
+            return f"{num(abs(x) * 100, 2)} % {'above' if x >= 0 else 'below'} the teacher's perplexity {text}"
+
+        better = [text for text, x in (("inside the corpus", r.inside), ("outside", r.outside)) if x < 0]
         bullets.append(
-            f"**Against the teacher, {r.method} at {r.layers} layers, {r.budget}x**: {num(r.inside * 100, 2)} % above "
-            f"its perplexity inside the corpus, {num(r.outside * 100, 2)} % outside: it lost more {where}."
+            f"**Against the teacher, {r.method} at {r.layers} layers, {r.budget}x**: "
+            f"{side(r.inside, 'inside the corpus')}, {side(r.outside, 'outside')}: "
+            + (f"it is better than the teacher {' and '.join(better)}." if better else f"it lost more {where}.")
         )
     f = forgetting(table)
     for r in f.itertuples():
