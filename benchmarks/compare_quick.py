@@ -5,6 +5,8 @@ Reads results tables of the `quick` sweep (WikiText-2 test token perplexity, fir
   --paper    the paper's recipe at the quick budget (`make run PROFILE=quick-paper`; 128 global steps, every
              parameter trained, `last` order): benchmarks/results/quick_cpu_paper_recipe.csv
   --previous the previous quick default (128 global steps, frozen embeddings): benchmarks/results/quick_cpu.csv
+  --long     (optional) the longer CPU run (`make run PROFILE=quick-long`: quick with 8x its steps):
+             benchmarks/results/quick_long_cpu.csv; drawn beside the main job, its own wins counted
 Writes a table (one row per layer count, a column per curve, and which sizes the current default wins against
 ShortGPT and naive pruning) and a figure.
 
@@ -23,6 +25,12 @@ from boomerang_lab.report.plots import save_figure
 from boomerang_lab.store.atomic import atomic_path
 
 HERE = Path(__file__).resolve().parent
+LONG = "boomerang, quick-long (8x the steps)"
+LONG_RUN = "the quick-long run"
+
+
+def long_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in ("long_beats_shortgpt", "long_beats_quick") if c in table]
 
 
 def curves(path: Path, label: str, methods: tuple[str, ...] = ("boomerang",)) -> dict[str, pd.Series]:
@@ -44,6 +52,7 @@ def main() -> None:
     p.add_argument("--new", type=Path, default=Path("results/quick.csv"))
     p.add_argument("--paper", type=Path, default=HERE / "results" / "quick_cpu_paper_recipe.csv")
     p.add_argument("--previous", type=Path, default=HERE / "results" / "quick_cpu_previous_default.csv")
+    p.add_argument("--long", type=Path, help="the quick-long run's results table (optional)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "quick_compare_cpu")
     p.add_argument("--figure", type=Path, default=Path("figures"), help="folder for quick_vs_paper.png/.pdf")
     args = p.parse_args()
@@ -53,6 +62,7 @@ def main() -> None:
         **new,
         **curves(args.paper, "boomerang, the paper's recipe at this budget"),
         **curves(args.previous, "boomerang, the previous quick default"),
+        **(curves(args.long, LONG) if args.long else {}),
     }
     table = pd.DataFrame(lines)
     table.index.name = "layers"
@@ -62,16 +72,21 @@ def main() -> None:
     table["beats_naive"] = main_curve < naive
     table["beats_previous"] = main_curve < table["boomerang, the previous quick default"]
     table["beats_paper_recipe"] = main_curve < table["boomerang, the paper's recipe at this budget"]
+    if args.long:  # against ShortGPT of its own run: the same text and arithmetic (float32 on an AVX2 CPU)
+        own = curves(args.long, LONG, ("shortgpt",))["ShortGPT"]
+        table[f"ShortGPT ({LONG_RUN})"] = own
+        table["long_beats_shortgpt"] = table[LONG] < own
+        table["long_beats_quick"] = table[LONG] < main_curve
     args.out.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out / "ppl_by_layers.csv") as tmp:
         table.round(3).to_csv(tmp)
     below_teacher = table.iloc[:-1]
-    summary = {
-        c: f"{int(below_teacher[c].sum())}/{len(below_teacher)}"
-        for c in ("beats_shortgpt", "beats_naive", "beats_previous", "beats_paper_recipe")
-    }
+    counted = ["beats_shortgpt", "beats_naive", "beats_previous", "beats_paper_recipe"]
+    summary = {c: f"{int(below_teacher[c].sum())}/{len(below_teacher)}" for c in counted + long_columns(table)}
     steps = main_curve.diff().dropna()
     summary["violations"] = int((steps > 0).sum())
+    if args.long:
+        summary["long_violations"] = int((table[LONG].diff().dropna() > 0).sum())
     print(table.round(1).to_string())
     print(summary)
     (args.out / "summary.txt").write_text("".join(f"{k}={v}\n" for k, v in summary.items()))
@@ -82,6 +97,7 @@ def main() -> None:
         "boomerang, the paper's recipe at this budget": dict(color="C0", ls="--", marker="."),
         "boomerang, the previous quick default": dict(color="C0", ls=":", marker="."),
         "ShortGPT": dict(color="C1", marker="s", ms=4),
+        LONG: dict(color="C2", lw=2.5, marker="D", ms=4),
     }
     for name, series in lines.items():
         ax.plot(series.index, series.values, label=name, **styles.get(name, dict(color="C7", marker=".", ms=3)))

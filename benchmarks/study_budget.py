@@ -16,7 +16,11 @@ Planned before the runs: 1x, 4x (327k tokens) and 8x (655k tokens), 26 layers ca
 this session's machine is an AMD EPYC with AVX2 only, where bf16 is emulated (a quick global step took ~160 s under
 bf16 autocast), so every run here is float32 (`models.loading.autocast_for`), and the CPU was shared with five other
 jobs: the 4x family student was restarted as 2x (164k tokens) after 30 of its 640 steps, when its projected end
-passed the session's. Run: 1x (F1, D26_1, D23_1, D20_1) and 2x (F2, D26_2); 4x, 8x and 16x left out.
+passed the session's. Run: 1x (F1, D26_1, D23_1, D20_1) and 2x (F2, D26_2). A later session (2026-12-07, 11:00-12:47
+UTC, the same CPU with only this study on it, two streams of one thread each) ran F4 (3,453 s), D26_4 (2,679 s) and
+F8 (6,284 s; also the `quick-long` profile's student); D26_8 (about 75 min more) did not fit in the session and was
+stopped after 2 minutes, and 16x never ran. The 4x and 8x models were evaluated with LAMBADA at 26 layers only
+(`--lambada-layers 26`), to fit the session.
 Every run reads only the corpus's training part: the last 2 % of each corpus file (`data.corpus_text(f, "held_out")`)
 is held out, and is the "inside" evaluation text.
 
@@ -46,7 +50,10 @@ rows are skipped):
     python benchmarks/study_budget.py evaluate           # every finished model, into figure4_budget_cpu.csv
     python benchmarks/study_budget.py figure             # figures/figure4_budget_cpu.png
 
-On a GPU, for the `kit` profile (an estimate: the kit's 1x is 32k steps x 262k tokens, far past this CPU):
+On a GPU, for the `kit` profile. An estimate, not a run: the kit's 1x is 500 steps x 262k tokens = 131M tokens (1/16
+of the paper's 2.1B); at the 59.5k tokens/s measured for a 30-layer SmolLM2 step on one H100 (bf16, 16 x 512 tokens,
+benchmarks/results/bench_distill_h100.csv; 2,048-token sequences cost more attention) one 1x distillation takes
+about 37 min, so these 8 cells about 12 h on one H100 (4 x 37 min + 4 x 2.5 h), plus evaluation:
 
     python benchmarks/study_budget.py distill --profile kit --threads 16 --runs runs/budget_kit \\
         --cells F1 D26_1 D23_1 D20_1 F4 D26_4 D23_4 D20_4
@@ -293,6 +300,8 @@ def cmd_evaluate(args) -> None:
         key=lambda c: (c[2] not in PRIORITY, c[0] > 0 and c[1] == "member" and c[2] not in PRIORITY, c[0], c[1]),
     )  # the teacher, then 26 layers and the student at every budget, then the other sizes
     for budget, method, layers, k, seconds, load in candidates:
+        if args.budgets and budget not in args.budgets:
+            continue
         config = scaled_profile(args.profile, max(budget, 1)).distill
         tokens = 0 if method == "teacher" else train_tokens(config)
         common = dict(
@@ -311,6 +320,7 @@ def cmd_evaluate(args) -> None:
             for text, starts in [*STRETCHES.items(), ("lambada", (0,))]
             for i in range(len(starts))
             if tuple(map(str, (budget, method, layers, config.seed, text, i, args.profile))) not in have
+            and (text != "lambada" or args.lambada_layers is None or layers in args.lambada_layers)
         ]
         if not todo:
             continue
@@ -379,6 +389,22 @@ def cmd_evaluate(args) -> None:
         del model
 
 
+def cmd_merge(args) -> None:
+    """Two evaluators must not write one table (each rewrites it whole): run the second with its own --results (a
+    copy of the main table, so that it skips what is done), then merge its new rows here; a key seen twice keeps the
+    main table's row."""
+    import pandas as pd
+
+    from boomerang_lab.store.atomic import atomic_path
+
+    main = pd.read_csv(args.results)
+    merged = pd.concat([main, *(pd.read_csv(t) for t in args.tables)], ignore_index=True)
+    merged = merged.drop_duplicates(subset=KEY, keep="first")[COLUMNS]
+    with atomic_path(Path(args.results)) as tmp:
+        merged.to_csv(tmp, index=False)
+    print(f"{args.results}: {len(main)} -> {len(merged)} rows")
+
+
 def cmd_figure(args) -> None:
     import pandas as pd
 
@@ -407,6 +433,13 @@ def main() -> None:
     e.add_argument("--runs", default=str(RUNS))
     e.add_argument("--results", default=str(RESULTS))
     e.add_argument("--threads", type=int, default=1)
+    e.add_argument("--budgets", nargs="+", type=int, help="evaluate only these budgets (e.g. 4 8; default every one)")
+    e.add_argument(
+        "--lambada-layers", nargs="+", type=int, help="LAMBADA only at these sizes (default every size evaluated)"
+    )
+    m = sub.add_parser("merge", help="add the rows of other results tables (another evaluator's --results)")
+    m.add_argument("tables", nargs="+")
+    m.add_argument("--results", default=str(RESULTS))
     f = sub.add_parser("figure", help="the gap table, the forgetting check and the figure")
     f.add_argument("--results", default=str(RESULTS))
     f.add_argument("--figure", default=str(FIGURE))
@@ -417,6 +450,8 @@ def main() -> None:
         cmd_distill(args)
     elif args.command == "evaluate":
         cmd_evaluate(args)
+    elif args.command == "merge":
+        cmd_merge(args)
 
 
 if __name__ == "__main__":

@@ -127,6 +127,17 @@ def test_paper_profile_is_the_papers_recipe():
     assert PROFILES["quick"].distill.freeze_embeddings and PROFILES["kit"].distill.freeze_embeddings
 
 
+def test_quick_long_is_quick_with_eight_times_the_steps():
+    """quick-long's student is the budget study's 8x cell (benchmarks/study_budget.py scales quick's two step
+    counts): one run serves both, so nothing else of the recipe, plan, evaluation or pipeline may differ."""
+    quick, long = PROFILES["quick"], PROFILES["quick-long"]
+    assert (long.distill.local_steps, long.distill.max_steps) == (8 * 96, 8 * 64)
+    assert dataclasses.replace(long.distill, local_steps=96, max_steps=64) == quick.distill
+    assert (long.plan, long.evaluate, long.pipeline) == (quick.plan, quick.evaluate, quick.pipeline)
+    tokens = (long.distill.local_steps + long.distill.max_steps) * long.distill.batch_size * long.distill.seq_len
+    assert tokens == 655_360  # 8 x the quick budget's 81,920
+
+
 def test_paper_evaluation_reports_lm_evals_wikitext_beside_the_fast_perplexity():
     tasks = PROFILES["paper"].evaluate.tasks
     assert PPL_TASK in tasks and "wikitext_local" in tasks and set(tasks) == set(LOCAL_TASKS) | {PPL_TASK}
@@ -230,8 +241,8 @@ def test_bad_files_name_the_field(tmp_path, text, message):
 def test_bad_names_and_unreadable_files(tmp_path):
     with pytest.raises(
         ProfileError,
-        match="Unknown profile 'fast'; use one of smoke, quick, quick-paper, kit, paper, paper-llama, or a .yaml/.json "
-        "file",
+        match="Unknown profile 'fast'; use one of smoke, quick, quick-long, quick-paper, kit, paper, paper-llama, or a "
+        ".yaml/.json file",
     ):
         profiles.get("fast")
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
@@ -253,9 +264,9 @@ def test_boomerang_profiles_prints_every_profiles_values(capsys):
     main(["profiles"])
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("| field"))
-    assert header == "| field | smoke | quick | quick-paper | kit | paper | paper-llama |"
+    assert header == "| field | smoke | quick | quick-long | quick-paper | kit | paper | paper-llama |"
     row = next(line for line in out.splitlines() if line.startswith("| distill.grad_accum "))
-    assert row == "| distill.grad_accum | 1 | 1 | 1 | 8 | 256 | 256 |"
+    assert row == "| distill.grad_accum | 1 | 1 | 1 | 1 | 8 | 256 | 256 |"
     assert all(f"| {path} |" in out for path in flatten(PROFILES["quick"]) if path not in ("name", "description"))
     main(["profiles", "paper", "--help-text"])
     assert "| distill.freeze_embeddings | false | freeze the student's embeddings" in capsys.readouterr().out
