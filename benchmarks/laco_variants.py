@@ -1,7 +1,8 @@
 """LaCo's two variants on SmolLM2-135M (issue 25): the paper's formula and the official code's (laco.py), each driven
 to 20, 23 and 26 layers with LaCo's defaults (C=4, I=2, T=0.65, L=3, 5 calibration sentences of 64 training-corpus
 tokens, the Figure 4 study's), and evaluated as the Figure 4 study evaluates (the sweep's `_evaluate`: WikiText-2 test
-token perplexity, first 4,096 tokens, 1,024-token windows, bf16 autocast, the quick profile's evaluation).
+token perplexity, first 4,096 tokens, 1,024-token windows, the quick profile's evaluation: bf16 autocast where the CPU
+computes bf16 natively, float32 elsewhere; the `eval` column records which).
 
 Records per variant and depth: how many merges were forced (a pass of the walk where no merge reached T, kept its most
 similar candidate), the final similarity, the merged groups, the perplexity and the seconds. One thread; resumable
@@ -77,7 +78,9 @@ def main() -> None:
                 "warnings": len([w for w in caught if issubclass(w.category, LaCoThresholdWarning)]),
                 "search_seconds": round(search_seconds, 1),
                 "eval_seconds": round(time.perf_counter() - t1, 1),
-                "eval": "wikitext_ppl: WikiText-2 test, 4,096 tokens, 1,024-token windows, bf16 autocast",
+                # the arithmetic the sweep really used (bf16 autocast only where the CPU computes bf16 natively)
+                "eval": "wikitext_ppl: WikiText-2 test, 4,096 tokens, 1,024-token windows; "
+                + str(rows.settings.iloc[0]),
                 "threads": args.threads,
             }
             table = pd.concat([table, pd.DataFrame([row])], ignore_index=True)

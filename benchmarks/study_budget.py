@@ -46,8 +46,10 @@ Run (each phase resumable: a finished distillation is reused, a killed one resum
 rows are skipped):
 
     OMP_NUM_THREADS=1 python benchmarks/study_budget.py distill --cells F1 D26_1 D23_1 D20_1   # one process per stream
-    OMP_NUM_THREADS=1 python benchmarks/study_budget.py distill --cells F2 D26_2   # (F4 D26_4 F8 D26_8: more budget)
+    OMP_NUM_THREADS=1 python benchmarks/study_budget.py distill --cells F2 D26_2   # then F4 D26_4 and F8 D26_8
     python benchmarks/study_budget.py evaluate           # every finished model, into figure4_budget_cpu.csv
+    # a second evaluator beside it writes its own table (a copy of the main one), merged afterwards:
+    #   ... evaluate --budgets 8 --results /tmp/b8.csv;  python benchmarks/study_budget.py merge /tmp/b8.csv
     python benchmarks/study_budget.py figure             # figures/figure4_budget_cpu.png
 
 On a GPU, for the `kit` profile. An estimate, not a run: the kit's 1x is 500 steps x 262k tokens = 131M tokens (1/16
