@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from boomerang_lab.models.loading import autocast_for
 from boomerang_lab.store.atomic import atomic_path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "laco_variants_cpu.csv"
@@ -79,8 +80,8 @@ def main() -> None:
                 "search_seconds": round(search_seconds, 1),
                 "eval_seconds": round(time.perf_counter() - t1, 1),
                 # the arithmetic the sweep really used (bf16 autocast only where the CPU computes bf16 natively)
-                "eval": "wikitext_ppl: WikiText-2 test, 4,096 tokens, 1,024-token windows; "
-                + str(rows.settings.iloc[0]),
+                "eval": "wikitext_ppl: WikiText-2 test, 4,096 tokens, 1,024-token windows; autocast="
+                + str(autocast_for(sweep_config.autocast, "cpu", "evaluation") or "none (float32)"),
                 "threads": args.threads,
             }
             table = pd.concat([table, pd.DataFrame([row])], ignore_index=True)
