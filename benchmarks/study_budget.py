@@ -20,7 +20,12 @@ passed the session's. Run: 1x (F1, D26_1, D23_1, D20_1) and 2x (F2, D26_2). A la
 UTC, the same CPU with only this study on it, two streams of one thread each) ran F4 (3,453 s), D26_4 (2,679 s) and
 F8 (6,284 s; also the `quick-long` profile's student); D26_8 (about 75 min more) did not fit in the session and was
 stopped after 2 minutes, and 16x never ran. The 4x and 8x models were evaluated with LAMBADA at 26 layers only
-(`--lambada-layers 26`), to fit the session.
+(`--lambada-layers 26`), to fit the session. A third session (2026-12-07, from 13:57 UTC, same CPU, two one-thread
+streams) ran D26_8 (6,835 s, restarted from step 0: the stopped run had left no checkpoint) and a second seed (1,
+the data order of both stages) of F1, D26_1, F2 and D26_2 in `runs/budget_seed1` (`--seed 1`; 1,276, 845, 1,813
+and 1,503 s), evaluated at 16 and 26 layers without LAMBADA (`--layers 16 26 --lambada-layers 0`); the figure
+draws seed 0 as lines, seed 1 as hollow markers, and `report.budget.seed_gaps` puts each seed's gap side by side.
+It also added LAMBADA for the 16/20/23-layer members at 4x and 8x (`--budgets 4 8 --layers 16 20 23`).
 Every run reads only the corpus's training part: the last 2 % of each corpus file (`data.corpus_text(f, "held_out")`)
 is held out, and is the "inside" evaluation text.
 
@@ -51,6 +56,9 @@ rows are skipped):
     # a second evaluator beside it writes its own table (a copy of the main one), merged afterwards:
     #   ... evaluate --budgets 8 --results /tmp/b8.csv;  python benchmarks/study_budget.py merge /tmp/b8.csv
     python benchmarks/study_budget.py figure             # figures/figure4_budget_cpu.png
+    # a second seed, in its own runs folder, evaluated into a copy of the table and merged:
+    #   ... distill --seed 1 --runs runs/budget_seed1 --cells F1 D26_1 F2 D26_2
+    #   ... evaluate --seed 1 --runs runs/budget_seed1 --layers 16 26 --results /tmp/s1.csv;  ... merge /tmp/s1.csv
 
 On a GPU, for the `kit` profile. An estimate, not a run: the kit's 1x is 500 steps x 262k tokens = 131M tokens (1/16
 of the paper's 2.1B); at the 59.5k tokens/s measured for a 30-layer SmolLM2 step on one H100 (bf16, 16 x 512 tokens,
@@ -117,15 +125,16 @@ def log(message: str, path: Path) -> None:
         f.write(line + "\n")
 
 
-def scaled_profile(name: str, multiple: int):
-    """The profile with its step counts (local and global) multiplied by `multiple`."""
+def scaled_profile(name: str, multiple: int, seed: int = 0):
+    """The profile with its step counts (local and global) multiplied by `multiple`, distilled with `seed` (the data
+    order of both stages; the `klpatch` search keeps its own windows)."""
     from boomerang_lab.config.profiles import get
 
     base = get(name)
     d = base.distill
     return get(
         base,
-        distill={"max_steps": d.max_steps * multiple, "local_steps": d.local_steps * multiple},
+        distill={"max_steps": d.max_steps * multiple, "local_steps": d.local_steps * multiple, "seed": seed},
     )
 
 
@@ -187,7 +196,7 @@ def cmd_distill(args) -> None:
     torch.set_num_threads(args.threads)
     runs = Path(args.runs)
     logfile = runs / "study.log"
-    base = scaled_profile(args.profile, 1)
+    base = scaled_profile(args.profile, 1, args.seed)
     teacher, tokenizer = load_model(base.teacher)
     plan = base.layer_plan(teacher.config.num_hidden_layers)
     for cell in args.cells:
@@ -195,8 +204,8 @@ def cmd_distill(args) -> None:
         if not match:
             raise SystemExit(f"study_budget: cell {cell!r} is not F<m> or D<layers>_<m> (e.g. F4, D26_4).")
         multiple = int(match.group(3))
-        profile = scaled_profile(args.profile, multiple)
-        log(f"cell {cell}: start ({args.threads} thread(s))", logfile)
+        profile = scaled_profile(args.profile, multiple, args.seed)
+        log(f"cell {cell}: start ({args.threads} thread(s), seed {args.seed})", logfile)
         if match.group(2) is None:
             distill_family(profile, teacher, tokenizer, plan, family_dir(runs, multiple), logfile)
         else:
@@ -290,7 +299,7 @@ def cmd_evaluate(args) -> None:
     torch.set_num_threads(args.threads)
     runs, results = Path(args.runs), Path(args.results)
     logfile = runs / "evaluate.log"
-    base = scaled_profile(args.profile, 1)
+    base = scaled_profile(args.profile, 1, args.seed)
     teacher, tokenizer = load_model(base.teacher, dtype=torch.float32)
     plan = base.layer_plan(teacher.config.num_hidden_layers)
     table = pd.read_csv(results) if results.is_file() else pd.DataFrame(columns=COLUMNS)
@@ -304,7 +313,10 @@ def cmd_evaluate(args) -> None:
     for budget, method, layers, k, seconds, load in candidates:
         if args.budgets and budget not in args.budgets:
             continue
-        config = scaled_profile(args.profile, max(budget, 1)).distill
+        if args.layers and layers not in args.layers:
+            continue
+        # The teacher is not distilled: its rows carry seed 0 whichever seed's runs are evaluated.
+        config = scaled_profile(args.profile, max(budget, 1), 0 if method == "teacher" else args.seed).distill
         tokens = 0 if method == "teacher" else train_tokens(config)
         common = dict(
             budget=budget,
@@ -417,7 +429,7 @@ def cmd_figure(args) -> None:
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(gaps(table).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         print(forgetting(table).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    fig = figure(table, figure_title(table, "klpatch members, quick recipe, this CPU, seed 0"))
+    fig = figure(table, figure_title(table, "klpatch members, quick recipe, float32, this CPU"))
     save_figure(fig, Path(args.figure).parent, Path(args.figure).stem, formats=("png",))
     print(f"wrote {args.figure}")
 
@@ -430,12 +442,15 @@ def main() -> None:
     d.add_argument("--profile", default="quick")
     d.add_argument("--runs", default=str(RUNS))
     d.add_argument("--threads", type=int, default=1)
+    d.add_argument("--seed", type=int, default=0, help="the distillations' seed (data order); use its own --runs")
     e = sub.add_parser("evaluate", help="evaluate every finished model into the results table (resumable)")
     e.add_argument("--profile", default="quick")
     e.add_argument("--runs", default=str(RUNS))
     e.add_argument("--results", default=str(RESULTS))
     e.add_argument("--threads", type=int, default=1)
     e.add_argument("--budgets", nargs="+", type=int, help="evaluate only these budgets (e.g. 4 8; default every one)")
+    e.add_argument("--layers", nargs="+", type=int, help="evaluate only these sizes (e.g. 16 26 30; default all)")
+    e.add_argument("--seed", type=int, default=0, help="the seed the models in --runs were distilled with")
     e.add_argument(
         "--lambada-layers", nargs="+", type=int, help="LAMBADA only at these sizes (default every size evaluated)"
     )

@@ -150,14 +150,17 @@ def test_what_ran_and_the_title_say_which_budgets_and_sizes_each_method_has(tabl
     """The title says "as the budget grows" only when members and direct students were both run at several budgets;
     otherwise it names the budgets (and the direct students' sizes) the table holds."""
     assert ran(table) == {"member": {1: [26], 4: [26], 16: [26]}, "direct": {1: [26], 4: [26], 16: [26]}}
-    assert figure_title(table) == "Members vs direct students as the budget grows"
+    assert figure_title(table) == "Members vs direct students as the budget grows (seed 0)"
+    assert figure_title(seeded_table(table, 1, 1.0)).endswith("(lines seed 0, hollow markers seed 1)")
     extra = pd.DataFrame(rows(4, "member", 20, "wikitext_test", [90.0] * 3))
     partial = pd.concat([table[(table.method == "member") | (table.budget == 1)], extra])
     assert ran(partial) == {"member": {1: [26], 4: [20, 26], 16: [26]}, "direct": {1: [26]}}
     assert ran_text(partial) == (
         "members at 1x (26 layers) and 4x (20, 26 layers) and 16x (26 layers); direct students at 1x (26 layers)"
     )
-    assert figure_title(partial, "this CPU") == "Members at 1x, 4x, 16x vs direct students at 1x (26 layers; this CPU)"
+    assert figure_title(partial, "this CPU") == (
+        "Members at 1x, 4x, 16x vs direct students at 1x (26 layers; this CPU; seed 0)"
+    )
 
 
 def test_reading_says_below_the_teacher_when_a_model_beats_it():
@@ -174,3 +177,40 @@ def test_reading_says_below_the_teacher_when_a_model_beats_it():
     assert "it is better than the teacher inside the corpus." in text
     assert "member at 26 layers, 1x**: 20 % above the teacher's perplexity inside the corpus" in text
     assert "-10 %" not in text
+
+
+def seeded_table(table, seed, scale):
+    """`table`'s member and direct rows as another seed's models, every perplexity times `scale` (member) or 1."""
+    other = table[table.method != "teacher"].copy()
+    member = other.method == "member"
+    other.loc[member, "value"] *= scale
+    other.loc[member, "nll"] += other.loc[member, "scored"] * math.log(scale)
+    return pd.concat([table.assign(seed=0), other.assign(seed=seed)], ignore_index=True)
+
+
+def test_seeds_are_never_pooled_together(table):
+    two = seeded_table(table, 1, 1.5)
+    g0, g1 = gaps(two), gaps(two, seed=1)
+    assert list(g0.gap) == pytest.approx(list(gaps(table).gap))
+    out = g1[(g1.text == "wikitext_test") & (g1.budget == 1)].iloc[0]
+    assert out.member == pytest.approx(90.0) and out.call == "member worse"
+    p = pooled(two)
+    assert len(p[(p.method == "member") & (p.budget == 1) & (p.text == "wikitext_test")]) == 2
+
+
+def test_seed_gaps_say_whether_the_seeds_agree(table):
+    from boomerang_lab.report.budget import seed_gaps
+
+    assert seed_gaps(table).empty  # one seed: nothing to compare
+    sg = seed_gaps(seeded_table(table, 1, 1.5)).set_index(["text", "budget"])
+    assert sg.loc[("wikitext_test", 1), "gap_s1"] == pytest.approx(
+        1.5 * (1 + sg.loc[("wikitext_test", 1), "gap_s0"]) - 1
+    )
+    assert bool(sg.loc[("wikitext_test", 1), "agree"])  # worse in both
+    assert not bool(sg.loc[("wikitext_test", 16), "agree"])  # 10 % better in seed 0, worse in seed 1
+    bullets = [b for b in budget_reading(seeded_table(table, 1, 1.5)) if b.startswith("**2 seeds")]
+    assert any("the seeds' calls differ" in b for b in bullets)
+    assert any("81 % worse (seed 1)" in b for b in bullets), bullets
+    # seed 1's direct students are seed 0's: the same moves, said for seed 1
+    moved = [b for b in budget_reading(seeded_table(table, 1, 1.5)) if b.startswith("**Seed 1, direct student")]
+    assert len(moved) == 2 and "inside -25 %" in moved[0], moved

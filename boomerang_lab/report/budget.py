@@ -23,12 +23,30 @@ TEXT_TITLES = {
 }
 
 
+def seeded(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` with a `seed` column (0 where it has none): a table of one seed may omit it."""
+    return table if "seed" in table.columns else table.assign(seed=0)
+
+
+def seeds(table: pd.DataFrame) -> list[int]:
+    """The distillation seeds the table's models were trained with (the teacher's rows aside)."""
+    t = seeded(table)
+    return sorted(int(x) for x in set(t[t.method != "teacher"].seed))
+
+
+def one_seed(table: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """The rows of the models distilled with `seed`, and the teacher's (which no seed trains)."""
+    t = seeded(table)
+    return t[(t.seed == seed) | (t.method == "teacher")]
+
+
 def pooled(table: pd.DataFrame) -> pd.DataFrame:
     """Token perplexity pooled over each text's stretches (exp of summed NLL over summed tokens), LAMBADA accuracy
-    as it is; one row per (budget, train_tokens, method, layers, text) with `value`, `lo` and `hi` (the stretches'
-    range; LAMBADA: +-1 stderr)."""
+    as it is; one row per (budget, train_tokens, method, layers, seed, text) with `value`, `lo` and `hi` (the
+    stretches' range; LAMBADA: +-1 stderr). Seeds are never pooled together: each is its own model."""
+    table = seeded(table)
     ppl = table[table.metric == "token_perplexity"]
-    keys = ["budget", "train_tokens", "method", "layers", "text"]
+    keys = ["budget", "train_tokens", "method", "layers", "seed", "text"]
     grouped = ppl.groupby(keys, as_index=False).agg(nll=("nll", "sum"), scored=("scored", "sum"))
     grouped["value"] = (grouped.nll / grouped.scored).map(math.exp)
     spread = ppl.groupby(keys, as_index=False).value.agg(lo="min", hi="max")
@@ -38,10 +56,11 @@ def pooled(table: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([grouped, acc], ignore_index=True)
 
 
-def gaps(table: pd.DataFrame) -> pd.DataFrame:
-    """Per (budget, layers, text) with both a member and a direct student: their values and the gap. Perplexity:
-    member / direct - 1 pooled, with the smallest and largest per-stretch gap; LAMBADA: member - direct accuracy and
-    the number of combined stderrs between them. `call` reads the gap by the study's criterion."""
+def gaps(table: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Per (budget, layers, text) with both a member and a direct student of `seed`: their values and the gap.
+    Perplexity: member / direct - 1 pooled, with the smallest and largest per-stretch gap; LAMBADA: member - direct
+    accuracy and the number of combined stderrs between them. `call` reads the gap by the study's criterion."""
+    table = one_seed(table, seed)
     rows = []
     perp = table[table.metric == "token_perplexity"]
     for (budget, layers, text), cell in pooled(table).groupby(["budget", "layers", "text"]):
@@ -49,7 +68,13 @@ def gaps(table: pd.DataFrame) -> pd.DataFrame:
         if not {"member", "direct"} <= set(by.index):
             continue
         member, direct = by.loc["member", "value"], by.loc["direct", "value"]
-        row = {"budget": budget, "train_tokens": by.loc["direct", "train_tokens"], "layers": layers, "text": text}
+        row = {
+            "budget": budget,
+            "train_tokens": by.loc["direct", "train_tokens"],
+            "layers": layers,
+            "seed": seed,
+            "text": text,
+        }
         if text == "lambada":
             both = table[(table.budget == budget) & (table.layers == layers) & (table.text == text)]
             err = math.hypot(*both.set_index("method").loc[["member", "direct"], "stderr"])
@@ -66,14 +91,37 @@ def gaps(table: pd.DataFrame) -> pd.DataFrame:
             row |= {"member": member, "direct": direct, "gap": gap, "gap_lo": per.min(), "gap_hi": per.max()}
             row |= {"stderrs": math.nan, "call": call}
         rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=["budget", "train_tokens", "layers", "seed", "text", "member", "direct", "gap"])
     return pd.DataFrame(rows).sort_values(["text", "layers", "budget"]).reset_index(drop=True)
 
 
-def forgetting(table: pd.DataFrame, method: str = "direct") -> pd.DataFrame:
+def seed_gaps(table: pd.DataFrame) -> pd.DataFrame:
+    """The gap of every seed at each (budget, layers, text) that more than one seed measured: one row per cell with
+    the gap and call of each seed (`gap_s{seed}`, `call_s{seed}`), their spread (largest minus smallest gap) and
+    whether every seed makes the same call (`agree`)."""
+    ss = seeds(table)
+    if len(ss) < 2:
+        return pd.DataFrame()
+    g = pd.concat([gaps(table, s) for s in ss], ignore_index=True)
+    rows = []
+    for (budget, layers, text), cell in g.groupby(["budget", "layers", "text"]):
+        if cell.seed.nunique() < 2:
+            continue
+        row = {"budget": budget, "train_tokens": cell.train_tokens.iloc[0], "layers": layers, "text": text}
+        for r in cell.sort_values("seed").itertuples():
+            row |= {f"gap_s{r.seed}": r.gap, f"call_s{r.seed}": r.call}
+        row |= {"spread": cell.gap.max() - cell.gap.min(), "agree": cell.call.nunique() == 1}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def forgetting(table: pd.DataFrame, method: str = "direct", seed: int = 0) -> pd.DataFrame:
     """Per size and pair of consecutive budgets: how `method`'s pooled perplexity moved inside and outside the
     corpus (relative change) and the outside change on each stretch. `forgetting` is the paper's pattern: better
     inside, worse outside on every stretch (a rise the stretch-to-stretch spread cannot explain); `ruled_out`: worse
-    on no outside stretch."""
+    on no outside stretch. Models of `seed` only."""
+    table = one_seed(table, seed)
     p = pooled(table)
     p = p[(p.method == method) & (p.text != "lambada")]
     s = table[(table.method == method) & (table.text == "wikitext_test")]
@@ -103,10 +151,10 @@ def forgetting(table: pd.DataFrame, method: str = "direct") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def versus_teacher(table: pd.DataFrame) -> pd.DataFrame:
-    """Each model's pooled perplexity over the teacher's on the same text, minus 1, inside and outside the corpus:
-    how much of the teacher's quality a model lost where it was trained and where it was not."""
-    p = pooled(table)
+def versus_teacher(table: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Each model's (of `seed`) pooled perplexity over the teacher's on the same text, minus 1, inside and outside
+    the corpus: how much of the teacher's quality a model lost where it was trained and where it was not."""
+    p = pooled(one_seed(table, seed))
     p = p[p.text != "lambada"]
     teacher = p[p.method == "teacher"].set_index("text").value
     rows = p[p.method != "teacher"].copy()
@@ -145,6 +193,13 @@ def figure_title(table: pd.DataFrame, context: str = "") -> str:
     r = ran(table)
     members, direct = r.get("member", {}), r.get("direct", {})
     notes = [context] if context else []
+    ss = seeds(table)
+    if len(ss) > 1:
+        notes.append(
+            f"lines seed {ss[0]}, hollow markers seed{'s' if len(ss) > 2 else ''} {', '.join(map(str, ss[1:]))}"
+        )
+    elif ss:
+        notes.append(f"seed {ss[0]}")
     if len(members) > 1 and len(direct) > 1:
         text = "Members vs direct students as the budget grows"
     else:
@@ -160,11 +215,13 @@ def figure_title(table: pd.DataFrame, context: str = "") -> str:
 def figure(table: pd.DataFrame, title: str | None = None):
     """Top row: the member-minus-direct gap against training tokens, one line per size, one panel per text (the
     per-stretch range as a band; LAMBADA: accuracy difference, +-2 combined stderrs as a band). Bottom row: each
-    model's pooled value (members solid, direct students dashed, the teacher as a grey line)."""
+    model's pooled value (members solid, direct students dashed, the teacher as a grey line). Lines are seed 0; the
+    gaps of other seeds, where the table has them, are hollow markers beside their budget."""
     import matplotlib.pyplot as plt
 
     g = gaps(table)
-    p = pooled(table)
+    others = [gaps(table, s) for s in seeds(table) if s != 0]
+    p = pooled(one_seed(table, 0))
     texts = [t for t in TEXT_TITLES if t in set(p.text)]
     fig, axes = plt.subplots(2, len(texts), figsize=(4.6 * len(texts), 7.2), squeeze=False)
     sizes = sorted(set(p[p.method != "teacher"].layers))
@@ -183,6 +240,16 @@ def figure(table: pd.DataFrame, title: str | None = None):
             else:
                 err = (rows.gap / rows.stderrs).abs() * 2
                 ax.fill_between(rows.train_tokens, rows.gap - err, rows.gap + err, color=colors[layers], alpha=0.15)
+        for other in others:
+            for layers, rows in other[other.text == text].groupby("layers"):
+                ax.plot(
+                    rows.train_tokens,
+                    rows.gap * (100 if text != "lambada" else 1),
+                    "o",
+                    mfc="none",
+                    color=colors.get(layers, "black"),
+                    label=f"{layers} layers, seed {rows.seed.iloc[0]}",
+                )
         ax.axhline(0, color="black", lw=0.8)
         if text != "lambada":
             ax.axhspan(-MARGIN * 100, MARGIN * 100, color="grey", alpha=0.12, lw=0)
@@ -278,6 +345,7 @@ def budget_reading(table: pd.DataFrame) -> list[str]:
                 moved = "narrowed" if abs(last) < abs(first) else "widened"
                 trend = f": the gap {moved} from {num(first * 100, 2)} % to {num(last * 100, 2)} %"
             bullets.append(f"**{TEXT_TITLES[text]}, {layers} layers**: the member is {steps}{trend}.")
+    bullets += _seed_bullets(table)
     v = versus_teacher(table)
     for r in v[v.layers.isin(set(g.layers))].itertuples():
         if not (math.isfinite(r.inside) and math.isfinite(r.outside)):
@@ -332,4 +400,49 @@ def budget_reading(table: pd.DataFrame) -> list[str]:
             f"the paper's 2.1B tokens it would read {num(r.gap_at_paper_tokens * 100, 2)} % (a line through "
             f"{r.points} points, not a measurement)."
         )
+    return bullets
+
+
+def _seed_bullets(table: pd.DataFrame) -> list[str]:
+    """Where a second seed (data order) was run: each seed's gap at the cells both measured, whether their calls
+    agree, and whether the gap moved the same way across those budgets in every seed."""
+    from .reading import num
+
+    sg = seed_gaps(table)
+    if not len(sg):
+        return []
+    sg = sg[sg.text != "lambada"]
+    ss = [int(c[len("gap_s") :]) for c in sg.columns if c.startswith("gap_s")]
+    bullets = []
+    for (text, layers), cell in sg.groupby(["text", "layers"], sort=False):
+        cell = cell.sort_values("train_tokens")
+        each = "; ".join(
+            f"{tokens(r['train_tokens'])} tokens: "
+            + ", ".join(f"{_pct(r[f'gap_s{s}'])} (seed {s})" for s in ss)
+            + (" (every seed makes the same call)" if r["agree"] else " (the seeds' calls differ)")
+            for _, r in cell.iterrows()
+        )
+        trend = ""
+        if len(cell) > 1:
+            moves = {s: cell[f"gap_s{s}"].iloc[-1] - cell[f"gap_s{s}"].iloc[0] for s in ss}
+            same = len({m < 0 for m in moves.values()}) == 1
+            trend = (
+                f"; from {tokens(cell.train_tokens.iloc[0])} to {tokens(cell.train_tokens.iloc[-1])} tokens the gap "
+                + ", ".join(
+                    f"{'narrowed' if m < 0 else 'widened'} by {num(abs(m) * 100, 2)} points (seed {s})"
+                    for s, m in moves.items()
+                )
+                + (": the same direction in every seed" if same else ": the seeds disagree on the direction")
+            )
+        bullets.append(
+            f"**{len(ss)} seeds, {TEXT_TITLES[text]}, {layers} layers** (data order; seed-to-seed spread up to "
+            f"{num(cell.spread.max() * 100, 2)} points): {each}{trend}."
+        )
+    for s in ss[1:]:
+        for r in forgetting(table, seed=s).itertuples():
+            bullets.append(
+                f"**Seed {s}, direct student at {r.layers} layers**, {r.from_budget}x to {r.to_budget}x: inside "
+                f"{num(r.inside_change * 100, 2)} %, outside {num(r.outside_change * 100, 2)} % (stretches "
+                f"{num(r.outside_change_min * 100, 2)} % to {num(r.outside_change_max * 100, 2)} %)."
+            )
     return bullets
